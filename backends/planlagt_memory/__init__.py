@@ -1,0 +1,1 @@
+"""planlagt memory backend (being written)."""

@@ -1,0 +1,1 @@
+"""planlagt redis backend (being written)."""

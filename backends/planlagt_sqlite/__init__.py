@@ -1,0 +1,1 @@
+"""planlagt sqlite backend (being written)."""
