@@ -331,7 +331,10 @@ class Backend(abc.ABC):
         Returns True when this call closed the fire time. With ``lease``, the write is
         fenced: it happens only while the lease is held, else ``LeaseLost`` is raised and
         nothing is written. Without a lease (skipped and missed fire times) it is not
-        fenced. ``keep_s`` is how long the fire state is kept, as for :meth:`begin_attempt`.
+        fenced, and it closes only a fire time at which no attempt has begun (an attempt
+        in progress elsewhere must never be overwritten): otherwise it changes nothing
+        and returns False. ``keep_s`` is how long the fire state is kept, as for
+        :meth:`begin_attempt`.
         """
         self.check_key(record.job)
         self.check_positive("keep_s", keep_s)
