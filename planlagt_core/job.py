@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from .errors import InvalidJob
@@ -22,6 +23,7 @@ DEFAULT_MAX_ATTEMPTS = 1
 DEFAULT_RETRY_BACKOFF_S = 1.0
 MAX_RETRY_BACKOFF_S = 300.0
 DEFAULT_MISSED_GRACE_S = 3600.0
+WEIGHT_ANCHOR = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
 
 class OverlapPolicy(str, enum.Enum):
@@ -132,6 +134,16 @@ class Job:
     takes_context: bool
     is_async: bool
 
+    def schedule_weight(self) -> float:
+        """Return the job's expected runs per second, the same on every instance.
+
+        Measured between the first two fire times after a fixed instant (Monday
+        2026-01-05T00:00Z), so it does not depend on when an instance starts.
+        """
+        first = self.schedule.next_after(WEIGHT_ANCHOR)
+        second = self.schedule.next_after(first)
+        return 1.0 / max((second - first).total_seconds(), 1.0)
+
     @property
     def lease_key(self) -> str:
         return f"job:{self.name}"
@@ -209,9 +221,7 @@ def _takes_context(name: str, func: Callable[..., Any]) -> bool:
         for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
-    required_keyword = [
-        p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
-    ]
+    required_keyword = [p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if len(positional) > 1 or required_keyword:
         raise InvalidJob(
             f"job {name!r}: {_qualified_name(func)}{signature} must take no argument or one (the run context)"

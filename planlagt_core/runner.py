@@ -94,14 +94,21 @@ class Runner:
             return self._run(pending)
         except BackendUnavailable as exc:
             LOG.warning(
-                "Backend unavailable for job %r fire time %s on instance %s; no run starts "
-                "until it is back: %s",
+                "Backend unavailable for job %r fire time %s on instance %s; no run starts until it is back: %s",
                 pending.job.name,
                 _iso(pending.fire_time),
                 self._instance_id,
                 exc,
             )
             return pending.later(self._clock.time() + pending.job.policy.effective_heartbeat_s, "backend unavailable")
+
+    def skip_paused(self, pending: PendingFire) -> PendingFire | None:
+        """Record a fire time of a paused job as skipped."""
+        try:
+            self._close(pending, Outcome.SKIPPED, reason="job is paused")
+        except BackendUnavailable:
+            return pending.later(self._clock.time() + pending.job.policy.effective_heartbeat_s, "paused")
+        return None
 
     def _run(self, pending: PendingFire) -> PendingFire | None:
         if pending.check_first and not pending.manual:
@@ -113,7 +120,9 @@ class Runner:
         expired = self._expired(pending)
         if expired is not None:
             return expired
-        lease = self._backend.acquire(self.lease_key(pending), pending.job.policy.lease_ttl_s, holder=self._holder(pending))
+        lease = self._backend.acquire(
+            self.lease_key(pending), pending.job.policy.lease_ttl_s, holder=self._holder(pending)
+        )
         if lease is None:
             return self._on_busy(pending)
         return self._claimed(pending, lease)
@@ -140,7 +149,9 @@ class Runner:
                 released = True
                 return self._execute(pending, lease, state.attempts)
             if state.outcome is None:
-                self._close(pending, Outcome.FAILED, lease=lease, reason="attempt limit reached", attempt=state.attempts)
+                self._close(
+                    pending, Outcome.FAILED, lease=lease, reason="attempt limit reached", attempt=state.attempts
+                )
             return None
         except LeaseLost:
             LOG.warning("Lease of job %r was lost right after it was acquired; trying again later", job.name)
@@ -184,11 +195,15 @@ class Runner:
             return self._give_up(pending)
         if now <= pending.fire_time + job.policy.late_start_window_s(self._max_skew_s):
             return None
-        self._close(pending, Outcome.MISSED, reason=f"not started within {job.policy.late_start_window_s(self._max_skew_s):g} s")
+        self._close(
+            pending, Outcome.MISSED, reason=f"not started within {job.policy.late_start_window_s(self._max_skew_s):g} s"
+        )
         return None
 
     def _give_up(self, pending: PendingFire) -> PendingFire | None:
-        lease = self._backend.acquire(self.lease_key(pending), pending.job.policy.lease_ttl_s, holder=self._holder(pending))
+        lease = self._backend.acquire(
+            self.lease_key(pending), pending.job.policy.lease_ttl_s, holder=self._holder(pending)
+        )
         if lease is None:
             return None
         try:
@@ -253,12 +268,16 @@ class Runner:
     ) -> PendingFire | None:
         job = pending.job
         attempt = running.context.attempt
-        base = self._record(pending, Outcome.SUCCEEDED, attempt=attempt, token=lease.token, started_at=started_at, duration=duration)
+        base = self._record(
+            pending, Outcome.SUCCEEDED, attempt=attempt, token=lease.token, started_at=started_at, duration=duration
+        )
         if running.context.lease_state is LeaseState.LOST:
             self._record_attempt(replace(base, outcome=Outcome.LEASE_LOST, reason="lease lost during the run"), error)
             return None
         if error is not None:
-            failed = replace(base, outcome=Outcome.FAILED, error_type=type(error).__name__, error_message=str(error)[:2000])
+            failed = replace(
+                base, outcome=Outcome.FAILED, error_type=type(error).__name__, error_message=str(error)[:2000]
+            )
             LOG.error(
                 "Run failed: job %r fire time %s attempt %d/%d instance %s after %.3f s: %s: %s",
                 job.name, _iso(pending.fire_time), attempt, job.policy.max_attempts,
@@ -281,7 +300,13 @@ class Runner:
         retry_at = self._clock.time() + job.policy.backoff_s(attempt)
         if not pending.manual and retry_at >= job.schedule.next_after(_utc(pending.fire_time)).timestamp():
             return None
-        LOG.info("Retrying job %r fire time %s in %.1f s (attempt %d failed)", job.name, _iso(pending.fire_time), retry_at - self._clock.time(), attempt)
+        LOG.info(
+            "Retrying job %r fire time %s in %.1f s (attempt %d failed)",
+            job.name,
+            _iso(pending.fire_time),
+            retry_at - self._clock.time(),
+            attempt,
+        )
         return pending.later(retry_at, "retry after failure", attempted=True)
 
     # -- Recording -----------------------------------------------------------------
@@ -299,12 +324,21 @@ class Runner:
                     "the outcome %s is recorded as lease_lost, not as a completion",
                     record.job, _iso(record.fire_time), record.attempt, record.outcome.value,
                 )  # fmt: skip
-                record = replace(record, outcome=Outcome.LEASE_LOST, reason=f"finished as {record.outcome.value} after the lease was lost")
+                record = replace(
+                    record,
+                    outcome=Outcome.LEASE_LOST,
+                    reason=f"finished as {record.outcome.value} after the lease was lost",
+                )
                 self._safe_record_run(record)
                 break
             except BackendUnavailable as exc:
                 if sent_at + FINISH_RETRY_S >= lease.valid_until:
-                    LOG.error("Could not record the outcome of job %r fire time %s before its lease ran out: %s; the fire time stays open", record.job, _iso(record.fire_time), exc)
+                    LOG.error(
+                        "Could not record the outcome of job %r fire time %s before its lease ran out: %s; the fire time stays open",
+                        record.job,
+                        _iso(record.fire_time),
+                        exc,
+                    )
                     break
                 time.sleep(FINISH_RETRY_S)
         self._log_end(record)
@@ -323,17 +357,45 @@ class Runner:
         try:
             self._backend.record_run(record)
         except BackendUnavailable as exc:
-            LOG.error("Could not record run of job %r fire time %s (%s): %s", record.job, _iso(record.fire_time), record.outcome.value, exc)
+            LOG.error(
+                "Could not record run of job %r fire time %s (%s): %s",
+                record.job,
+                _iso(record.fire_time),
+                record.outcome.value,
+                exc,
+            )
 
-    def _close(self, pending: PendingFire, outcome: Outcome, *, lease: Lease | None = None, reason: str, attempt: int = 0) -> None:
-        record = self._record(pending, outcome, attempt=attempt, token=None if lease is None else lease.token, reason=reason)
+    def _close(
+        self, pending: PendingFire, outcome: Outcome, *, lease: Lease | None = None, reason: str, attempt: int = 0
+    ) -> None:
+        record = self._record(
+            pending, outcome, attempt=attempt, token=None if lease is None else lease.token, reason=reason
+        )
         closed = self._backend.finish_fire(record, lease=lease, keep_s=self.keep_s(pending))
         if closed:
             level = logging.WARNING if outcome in (Outcome.MISSED, Outcome.FAILED) else logging.INFO
-            LOG.log(level, "Job %r fire time %s %s on instance %s: %s", pending.job.name, _iso(pending.fire_time), outcome.value, self._instance_id, reason)
+            LOG.log(
+                level,
+                "Job %r fire time %s %s on instance %s: %s",
+                pending.job.name,
+                _iso(pending.fire_time),
+                outcome.value,
+                self._instance_id,
+                reason,
+            )
             self._listeners.run_finished(record)
 
-    def _record(self, pending: PendingFire, outcome: Outcome, *, attempt: int, token: int | None, started_at: float | None = None, duration: float | None = None, reason: str | None = None) -> RunRecord:
+    def _record(
+        self,
+        pending: PendingFire,
+        outcome: Outcome,
+        *,
+        attempt: int,
+        token: int | None,
+        started_at: float | None = None,
+        duration: float | None = None,
+        reason: str | None = None,
+    ) -> RunRecord:
         return RunRecord(
             job=pending.job.name,
             fire_time=pending.fire_time,
@@ -361,7 +423,9 @@ class Runner:
         try:
             self._backend.release(lease, keep_s=keep_s)
         except BackendUnavailable as exc:
-            LOG.warning("Could not release the lease on %r (token %d); it expires by its TTL: %s", lease.key, lease.token, exc)
+            LOG.warning(
+                "Could not release the lease on %r (token %d); it expires by its TTL: %s", lease.key, lease.token, exc
+            )
 
     # -- Fire state retention ------------------------------------------------------
 

@@ -1,0 +1,558 @@
+"""The scheduler: registers jobs and runs each fire time once across all live instances.
+
+Threads, whatever the number of jobs: one timer thread (fire times), one heartbeat thread
+(membership, control state, lease renewal, retries), a pool of ``max_workers`` threads
+that run jobs, and one event-loop thread when any job is ``async def``.
+
+Only the instance that owns a job (rendezvous hashing over the live instances) claims its
+fire times, so other instances make no backend calls for it. When the owner dies, the
+next owner takes over the fire times it left open once the dead instance's membership
+expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any, TypeVar
+
+from .backend import Backend, Feature
+from .clock import Clock, SystemClock
+from .errors import BackendUnavailable, ConfigurationError, InvalidJob, SchedulerError
+from .job import DEFAULT_LEASE_TTL_S, Job, JobPolicy, MissedPolicy, OverlapPolicy, build_job, definitions_digest
+from .keeper import LeaseKeeper
+from .listeners import Listener, ListenerSet
+from .membership import Membership
+from .models import InstanceInfo, TriggerRequest
+from .plugins import DEFAULT_URL, connect
+from .runner import PendingFire, Runner
+from .timer import FireTimer
+
+__all__ = ["Scheduler"]
+
+LOG = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_SKEW_S = 1.0
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+MAX_CATCH_UP_FIRE_TIMES = 100
+"""Most fire times of one job examined when this instance takes the job over."""
+
+_STARTED: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+def _mark_forked_children() -> None:
+    for scheduler in list(_STARTED):
+        scheduler._forked_from = scheduler._pid
+
+
+os.register_at_fork(after_in_child=_mark_forked_children)
+
+
+class Scheduler:
+    """Runs registered jobs on their schedules, once per fire time across all instances.
+
+    ``backend`` is a URL or a :class:`Backend`; when None, ``PLANLAGT_BACKEND`` is used,
+    else the embedded SQLite backend in ``./planlagt.db``. Durations are seconds.
+    ``lease_ttl_s`` and ``heartbeat_s`` are defaults for jobs and also set the membership
+    TTL and the heartbeat interval of this instance. ``max_skew_s`` is the largest
+    difference between instance clocks the guarantees must survive.
+
+    Raises ``ConfigurationError`` (or a subclass) for bad values, before anything starts.
+    A started scheduler cannot be used in a forked child: create and start a new one there.
+    """
+
+    def __init__(
+        self,
+        backend: str | Backend | None = None,
+        *,
+        instance_id: str | None = None,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        heartbeat_s: float | None = None,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        self._defaults = JobPolicy(lease_ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
+        self._defaults.check("(scheduler defaults)")
+        _check_settings(max_skew_s, max_workers, shutdown_grace_s)
+        self.backend = _resolve_backend(backend)
+        self.backend.check_ttl(lease_ttl_s)
+        self.instance_id = instance_id or os.environ.get("PLANLAGT_INSTANCE_ID") or _default_instance_id()
+        Backend.check_key(self.backend, self.instance_id)
+        self.max_skew_s = max_skew_s
+        self.max_workers = max_workers
+        self.shutdown_grace_s = shutdown_grace_s
+        self.clock: Clock = clock or SystemClock()
+        self.listeners = ListenerSet(listeners)
+        self._jobs: dict[str, Job] = {}
+        self._pid = os.getpid()
+        self._forked_from: int | None = None
+        self._state = "new"
+        self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._pending: dict[tuple[str, float], PendingFire] = {}
+        self._inflight: set[tuple[str, float]] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._membership: Membership | None = None
+        self._keeper = LeaseKeeper(self.backend, self.clock, self.instance_id)
+        self._runner = Runner(
+            backend=self.backend,
+            clock=self.clock,
+            keeper=self._keeper,
+            listeners=self.listeners,
+            instance_id=self.instance_id,
+            max_skew_s=max_skew_s,
+            call_async=self._call_async,
+        )
+        self._timer: FireTimer | None = None
+        self.last_backend_contact: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Scheduler {self.instance_id} {self._state} jobs={len(self._jobs)} backend={self.backend.url}>"
+
+    # -- Registration --------------------------------------------------------------
+
+    def job(self, schedule: str, **options: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_job`; returns the function unchanged."""
+
+        def register(func: F) -> F:
+            self.add_job(func, schedule, **options)
+            return func
+
+        return register
+
+    def add_job(
+        self,
+        func: Callable[..., Any],
+        schedule: str,
+        *,
+        name: str | None = None,
+        tz: str = "UTC",
+        lease_ttl_s: float | None = None,
+        heartbeat_s: float | None = None,
+        max_run_time_s: float | None = None,
+        max_attempts: int = 1,
+        retry_backoff_s: float = 1.0,
+        overlap: str | OverlapPolicy = OverlapPolicy.SKIP,
+        missed: str | MissedPolicy = MissedPolicy.SKIP,
+        late_start_s: float | None = None,
+        missed_grace_s: float = 3600.0,
+        min_hold_s: float = 0.0,
+    ) -> Job:
+        """Register ``func`` to run on ``schedule`` (cron, ``@daily``, ``@every 90s``) in zone ``tz``.
+
+        ``name`` defaults to the function's qualified name and must be unique. Policy
+        values are described on :class:`~planlagt_core.job.JobPolicy`. Raises
+        ``InvalidJob`` or ``InvalidSchedule`` naming the bad value; jobs cannot be added
+        after :meth:`start`.
+        """
+        self._check_usable()
+        if self._state != "new":
+            raise SchedulerError(f"cannot add job {name or func!r}: the scheduler is already {self._state}")
+        policy = JobPolicy(
+            lease_ttl_s=lease_ttl_s if lease_ttl_s is not None else self._defaults.lease_ttl_s,
+            heartbeat_s=heartbeat_s if heartbeat_s is not None else self._defaults.heartbeat_s,
+            max_run_time_s=max_run_time_s,
+            max_attempts=max_attempts,
+            retry_backoff_s=retry_backoff_s,
+            overlap=_enum(OverlapPolicy, overlap, "overlap", name),
+            missed=_enum(MissedPolicy, missed, "missed", name),
+            late_start_s=late_start_s,
+            missed_grace_s=missed_grace_s,
+            min_hold_s=min_hold_s,
+        )
+        job = build_job(func, schedule, name=name, tz=tz, policy=policy)
+        self._check_against_backend(job)
+        if job.name in self._jobs:
+            raise InvalidJob(f"a job named {job.name!r} is already registered; give each job a unique name")
+        self._jobs[job.name] = job
+        return job
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        return dict(self._jobs)
+
+    def _check_against_backend(self, job: Job) -> None:
+        try:
+            self.backend.check_ttl(job.policy.lease_ttl_s)
+        except ConfigurationError as exc:
+            raise InvalidJob(f"job {job.name!r}: {exc}") from None
+        if job.policy.min_hold_s > 0 and not self.backend.capabilities.supports(Feature.MIN_HOLD):
+            raise InvalidJob(f"job {job.name!r}: min_hold_s needs a backend with the min_hold capability")
+
+    # -- Lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler's threads and return. Raises ``SchedulerError`` if already started."""
+        self._check_usable()
+        if self._state != "new":
+            raise SchedulerError(f"scheduler {self.instance_id} cannot start: it is {self._state}")
+        self._state = "running"
+        _STARTED.add(self)
+        jobs = list(self._jobs.values())
+        weights = {job.name: job.schedule_weight() for job in jobs}
+        self._membership = Membership(self.backend, self._instance_info(jobs), self.membership_ttl_s, weights)
+        self._announce(jobs)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="planlagt-worker")
+        if any(job.is_async for job in jobs):
+            self._start_loop()
+        self._timer = FireTimer(jobs, self.clock.time())
+        self._spawn("planlagt-heartbeat", self._heartbeat_loop)
+        self._spawn("planlagt-timer", self._timer_loop)
+        LOG.info(
+            "Scheduler %s started with %d jobs on %s (lease TTL %g s, heartbeat %g s)",
+            self.instance_id, len(jobs), self.backend.url, self._defaults.lease_ttl_s, self.heartbeat_s,
+        )  # fmt: skip
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM, SIGINT or :meth:`stop`; then shut down gracefully."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
+        if self._state == "new":
+            self.start()
+        while not self._stop_event.is_set():
+            self._stop_event.wait(1.0)
+        self.stop()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let running jobs finish for ``grace_s`` (default ``shutdown_grace_s``), release.
+
+        Jobs still running after the grace period are asked to stop through their context;
+        their leases are no longer renewed and expire on the backend, so another instance
+        may retry them. Safe to call more than once.
+        """
+        self._check_usable()
+        if self._state in ("stopping", "stopped"):
+            return
+        started = self._state == "running"
+        self._state = "stopping"
+        self._stop_event.set()
+        self._wake.set()
+        if started:
+            self._shutdown(self.shutdown_grace_s if grace_s is None else grace_s)
+        self._state = "stopped"
+        LOG.info("Scheduler %s stopped", self.instance_id)
+
+    def __enter__(self) -> Scheduler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self._defaults.effective_heartbeat_s
+
+    @property
+    def membership_ttl_s(self) -> float:
+        return self._defaults.lease_ttl_s
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    # -- Operator API --------------------------------------------------------------
+
+    def pause(self, job: str) -> None:
+        """Pause ``job`` on every instance (honoured within one heartbeat)."""
+        self.backend.set_paused(self._known(job), True)
+
+    def resume(self, job: str) -> None:
+        """Resume a paused job on every instance."""
+        self.backend.set_paused(self._known(job), False)
+
+    def trigger(self, job: str) -> TriggerRequest:
+        """Ask the instance that owns ``job`` to run it once now; return the request."""
+        request = TriggerRequest(
+            request_id=secrets.token_hex(8),
+            job=self._known(job),
+            requested_at=self.clock.time(),
+            requested_by=self.instance_id,
+        )
+        self.backend.add_trigger(request)
+        return request
+
+    def healthy(self) -> bool:
+        """Return whether the loops run and the backend answered within the last heartbeat TTL."""
+        if self._state != "running" or not all(thread.is_alive() for thread in self._threads):
+            return False
+        contact = self.last_backend_contact
+        return contact is not None and self.clock.monotonic() - contact <= self.membership_ttl_s
+
+    def _known(self, job: str) -> str:
+        if job not in self._jobs:
+            raise InvalidJob(f"unknown job {job!r}; known jobs: {', '.join(sorted(self._jobs)) or 'none'}")
+        return job
+
+    # -- Threads -------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guarded(name, target), name=f"{name}-{self.instance_id}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guarded(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except Exception:
+                LOG.critical("Scheduler thread %s of instance %s crashed", name, self.instance_id, exc_info=True)
+                raise
+
+        return run
+
+    def _timer_loop(self) -> None:
+        assert self._timer is not None
+        while not self._stop_event.is_set():
+            now = self.clock.time()
+            for pending in self._timer.pop_due(now, self._owns):
+                self._dispatch(pending)
+            wait_s = min(self._timer.next_due() - self.clock.time(), self.heartbeat_s)
+            self.clock.wait(self._stop_event, max(wait_s, 0.0))
+
+    def _heartbeat_loop(self) -> None:
+        next_beat = self.clock.monotonic()
+        while not self._stop_event.is_set():
+            if self.clock.monotonic() >= next_beat:
+                self._beat()
+                next_beat = self.clock.monotonic() + self.heartbeat_s
+            next_renewal = self._keeper.tick()
+            self._dispatch_pending()
+            wait_s = min(next_beat, next_renewal) - self.clock.monotonic()
+            wait_s = min(wait_s, self._next_pending_s())
+            self._wake.clear()
+            self.clock.wait(self._wake, max(wait_s, 0.01))
+
+    def _beat(self) -> None:
+        assert self._membership is not None
+        try:
+            view, gained = self._membership.beat()
+        except BackendUnavailable as exc:
+            LOG.warning(
+                "Heartbeat of instance %s failed; no job starts until the backend is back: %s", self.instance_id, exc
+            )
+            return
+        self.last_backend_contact = self.clock.monotonic()
+        if gained:
+            self._catch_up(gained)
+        self._take_triggers(view.control.triggers)
+
+    def _owns(self, job: Job) -> bool:
+        assert self._membership is not None
+        return job.name in self._membership.view.owned
+
+    def _dispatch(self, pending: PendingFire) -> None:
+        assert self._membership is not None
+        if pending.job.name in self._membership.view.control.paused and not pending.manual:
+            pending = PendingFire(job=pending.job, fire_time=pending.fire_time, not_before=0.0, reason="paused")
+        self._submit(pending)
+
+    def _submit(self, pending: PendingFire) -> None:
+        with self._lock:
+            if pending.key in self._inflight or self._pool is None or self._stop_event.is_set():
+                if pending.key not in self._inflight:
+                    self._pending[pending.key] = pending
+                return
+            self._pending.pop(pending.key, None)
+            self._inflight.add(pending.key)
+        self._pool.submit(self._work, pending)
+
+    def _work(self, pending: PendingFire) -> None:
+        try:
+            if pending.reason == "paused":
+                follow_up = self._runner.skip_paused(pending)
+            else:
+                follow_up = self._runner.run(pending)
+        except Exception:
+            LOG.exception("Unexpected error handling job %r fire time %s", pending.job.name, pending.fire_time)
+            follow_up = pending.later(self.clock.time() + pending.job.policy.effective_heartbeat_s, "unexpected error")
+        with self._lock:
+            self._inflight.discard(pending.key)
+            if follow_up is not None:
+                self._pending[follow_up.key] = follow_up
+        self._wake.set()
+
+    def _dispatch_pending(self) -> None:
+        if self._stop_event.is_set():
+            return
+        now = self.clock.time()
+        with self._lock:
+            due = [p for p in self._pending.values() if p.not_before <= now and p.key not in self._inflight]
+        for pending in due:
+            if pending.manual or self._owns(pending.job):
+                self._submit(pending)
+            else:
+                with self._lock:
+                    self._pending.pop(pending.key, None)
+
+    def _next_pending_s(self) -> float:
+        with self._lock:
+            if not self._pending:
+                return self.heartbeat_s
+            earliest = min(p.not_before for p in self._pending.values())
+        return earliest - self.clock.time()
+
+    def _catch_up(self, gained: frozenset[str]) -> None:
+        """Queue the recent fire times of jobs this instance just took over, to finish what is open."""
+        now = self.clock.time()
+        for name in gained:
+            job = self._jobs[name]
+            window = job.policy.late_start_window_s(self.max_skew_s)
+            start = datetime.fromtimestamp(now - window, tz=timezone.utc)
+            end = datetime.fromtimestamp(now, tz=timezone.utc)
+            for fire in job.schedule.fire_times_between(start, end, limit=MAX_CATCH_UP_FIRE_TIMES):
+                key = (name, fire.timestamp())
+                with self._lock:
+                    if key in self._pending or key in self._inflight:
+                        continue
+                    self._pending[key] = PendingFire(
+                        job=job, fire_time=key[1], not_before=now, reason="takeover", check_first=True
+                    )
+
+    def _take_triggers(self, triggers: tuple[TriggerRequest, ...]) -> None:
+        assert self._membership is not None
+        view = self._membership.view
+        for request in triggers:
+            job = self._jobs.get(request.job)
+            if job is None or view.owner(request.job) != self.instance_id:
+                continue
+            if not self.backend.remove_trigger(request.request_id):
+                continue
+            LOG.info(
+                "Manual run of job %r requested by %s (request %s)", job.name, request.requested_by, request.request_id
+            )
+            pending = PendingFire(
+                job=job,
+                fire_time=request.requested_at,
+                not_before=0.0,
+                reason="manual",
+                manual=True,
+                trigger_id=request.request_id,
+            )
+            self._submit(pending)
+
+    # -- Shutdown ------------------------------------------------------------------
+
+    def _shutdown(self, grace_s: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout=max(self.heartbeat_s, 1.0) * 2)
+        deadline = self.clock.monotonic() + grace_s
+        while self._busy() and self.clock.monotonic() < deadline:
+            self._keeper.tick()
+            self._stop_event.wait(min(0.1, self.heartbeat_s))
+        if self._busy():
+            LOG.warning(
+                "Instance %s shutting down with %d runs still going after %g s; their leases expire on the backend",
+                self.instance_id, len(self._keeper.running()), grace_s,
+            )  # fmt: skip
+            self._keeper.request_stop_all("scheduler shutting down")
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._membership is not None:
+            self._membership.leave()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        _STARTED.discard(self)
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._inflight)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        LOG.info("Received %s; stopping scheduler %s", signal.Signals(signum).name, self.instance_id)
+        self._stop_event.set()
+
+    # -- Helpers -------------------------------------------------------------------
+
+    def _instance_info(self, jobs: list[Job]) -> InstanceInfo:
+        return InstanceInfo(
+            instance_id=self.instance_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.clock.time(),
+            heartbeat_s=self.heartbeat_s,
+            jobs_digest=definitions_digest(jobs),
+            job_count=len(jobs),
+        )
+
+    def _announce(self, jobs: list[Job]) -> None:
+        if not self.backend.capabilities.supports(Feature.JOB_REGISTRY):
+            return
+        try:
+            self.backend.announce_jobs(self.instance_id, {job.name: job.definition() for job in jobs})
+        except BackendUnavailable as exc:
+            LOG.warning("Could not announce job definitions of instance %s: %s", self.instance_id, exc)
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        thread = threading.Thread(target=loop.run_forever, name=f"planlagt-asyncio-{self.instance_id}", daemon=True)
+        thread.start()
+
+    def _call_async(self, coroutine: Any) -> Any:
+        if self._loop is None:
+            return asyncio.run(coroutine)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _check_usable(self) -> None:
+        if self._forked_from is not None and os.getpid() != self._forked_from:
+            raise SchedulerError(
+                f"scheduler {self.instance_id} was started in process {self._forked_from} and cannot be used in "
+                f"forked child {os.getpid()}; create and start a new Scheduler in the child (for gunicorn, "
+                "in a post_fork hook or at app start-up, not at import time with --preload)"
+            )
+
+
+def _resolve_backend(backend: str | Backend | None) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None and not os.environ.get("PLANLAGT_BACKEND"):
+        LOG.info("No backend given; using the embedded SQLite backend %s", DEFAULT_URL)
+        return connect(DEFAULT_URL)
+    return connect(backend)
+
+
+def _check_settings(max_skew_s: float, max_workers: int, shutdown_grace_s: float) -> None:
+    if not isinstance(max_skew_s, (int, float)) or isinstance(max_skew_s, bool) or not 0 <= max_skew_s < 3600:
+        raise ConfigurationError(f"max_skew_s must be a number of seconds from 0 to 3600, not {max_skew_s!r}")
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+        raise ConfigurationError(f"max_workers must be an integer of at least 1, not {max_workers!r}")
+    if not isinstance(shutdown_grace_s, (int, float)) or isinstance(shutdown_grace_s, bool) or shutdown_grace_s < 0:
+        raise ConfigurationError(
+            f"shutdown_grace_s must be zero or a positive number of seconds, not {shutdown_grace_s!r}"
+        )
+
+
+E = TypeVar("E", OverlapPolicy, MissedPolicy)
+
+
+def _enum(kind: type[E], value: str | E, option: str, job: str | None) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in kind)
+        raise InvalidJob(f"job {job or '(unnamed)'!r}: {option}={value!r} is not one of {choices}") from None
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
