@@ -26,7 +26,14 @@ from typing import Any
 
 import pytest
 import redis
-from planlagt_conformance.servers import REDIS_URL_ENV, RedisServer, free_port, redis_url
+from planlagt_conformance.servers import (
+    REDIS_URL_ENV,
+    RedisServer,
+    ServerUnavailable,
+    free_port,
+    get_redis_url,
+    redis_url,
+)
 from planlagt_redis import RedisBackend, RedisOptions, parse_redis_url
 
 from planlagt_core import connect
@@ -295,6 +302,45 @@ def test_backend_without_url_describes_options():
     assert "hidden" not in repr(backend)
 
 
+# -- Server harness -------------------------------------------------------------------
+
+
+@pytest.mark.fast
+def test_harness_prefers_environment_url(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://192.0.2.1:1/0")
+
+    with redis_url() as url:
+        assert url == "redis://192.0.2.1:1/0"
+    assert get_redis_url() == "redis://192.0.2.1:1/0"
+
+
+@pytest.mark.fast
+def test_harness_without_server_names_every_way(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(ServerUnavailable) as caught, redis_url():
+        pass
+
+    message = str(caught.value)
+    assert REDIS_URL_ENV in message
+    assert "apt-get install redis-server" in message
+    assert "conformance/docker-compose.yml" in message
+
+
+@pytest.mark.redis
+def test_harness_kill_and_start_again(server: RedisServer):
+    first_pid = server.pid
+    assert first_pid is not None
+
+    server.kill()
+    assert server.pid is None
+    server.start()
+
+    assert server.pid not in (None, first_pid)
+    assert server.client().ping() is True
+
+
 # -- Basic use through connect() ------------------------------------------------------
 
 
@@ -358,6 +404,23 @@ def test_stored_values_are_json(backend: RedisBackend, admin: redis.Redis, prefi
 
     assert stored_lease == {"owner": lease.owner, "token": lease.token, "holder": "host-1"}
     assert stored_fire == {"attempts": 1, "instance_id": "host-1", "outcome": None, "token": lease.token}
+
+
+@pytest.mark.redis
+def test_unusual_text_round_trips(backend: RedisBackend):
+    key = 'job:vær "quoted" \\ back/slash\ttab'
+    holder = 'host-ø "1"\n'
+
+    lease = backend.acquire(key, 30.0, holder=holder)
+    assert lease is not None
+    state = backend.begin_attempt(lease, key, 1_700_000_000.25, max_attempts=1, keep_s=KEEP_S)
+    info = backend.inspect(key)
+
+    assert info is not None
+    assert info.holder == holder
+    assert state.instance_id == holder
+    assert backend.get_fire(key, 1_700_000_000.25) == state
+    assert backend.renew(lease).token == lease.token
 
 
 # -- Database numbers and prefixes ----------------------------------------------------

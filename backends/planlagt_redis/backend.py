@@ -48,8 +48,9 @@ class RedisBackend(Backend):
       comes from ``TIME`` inside a Lua script.
     - Fencing tokens are ``max(last token + 1, server time in microseconds)``, so they
       stay strictly increasing after a restart that lost every key (no persistence), on
-      the condition that the server's clock does not step back across the restart. A
-      failover to a replica is covered under the same condition on the replica's clock.
+      the condition that the server's clock does not step back across the restart. After a
+      failover to a replica that missed the last writes, they stay increasing as long as
+      the replica's clock is not behind the old primary's by more than the failover took.
     - Keys are laid out as :class:`~planlagt_redis.keys.KeyLayout` describes, all under
       ``{prefix}:``. NOTE: two prefixes where one extends the other with ``:`` (``app``
       and ``app:lease``) can reach the same keys; use prefixes that are not nested.
@@ -63,8 +64,8 @@ class RedisBackend(Backend):
     ``BackendUnavailable`` after ``connect_timeout`` or ``socket_timeout`` (5 s by
     default), and a held lease is at risk, not lost. Its key keeps its TTL on the server,
     so the lease is lost once that TTL runs out without a successful renewal, and the
-    holder must assume so at ``Lease.valid_until``. A server that was paused or restarted
-    and answers again is used through new connections without any action by the caller.
+    holder must assume so at ``Lease.valid_until``. Once a paused or restarted server
+    responds again, the backend reconnects on the next call without any action by the caller.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")

@@ -52,7 +52,7 @@ def translate_errors(backend_url: str, operation: str) -> Iterator[None]:
 def invalid_data(backend_url: str, what: str, redis_key: str, exc: Exception) -> BackendError:
     """Return the error for data under ``redis_key`` that is not the JSON planlagt writes."""
     return BackendError(
-        f"Redis at {backend_url} holds invalid {what} under key {redis_key!r}: {exc}; "
+        f"Redis at {backend_url} contains invalid {what} under key {redis_key!r}: {exc}; "
         "another program may be writing under the planlagt prefix",
         backend=backend_url,
     )

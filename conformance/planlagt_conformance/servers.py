@@ -1,9 +1,9 @@
 """Coordination servers started for tests: real binaries on free loopback ports in temporary directories.
 
 :class:`ManagedServer` is the shared base: it launches one server process, polls until the
-server answers (with a deadline), and offers the faults tests inject (stop, pause with
+server responds (with a deadline), and offers the faults tests inject (stop, pause with
 SIGSTOP, resume with SIGCONT, restart on the same port). Subclasses write the server's
-configuration and say how to check that it answers. Every process is stopped by its own
+configuration and say how to check that it responds. Every process is stopped by its own
 PID, never by name.
 
 :func:`redis_url` and :func:`get_redis_url` pick the Redis server for a test run: the URL in
@@ -50,10 +50,11 @@ DEFAULT_STARTUP_TIMEOUT_S = 20.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 READY_POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 20
+MAX_UNIX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, including the final NUL
 
 
 class ServerStartError(RuntimeError):
-    """A server process exited or did not answer before its startup deadline."""
+    """A server process exited or did not respond before its startup deadline."""
 
 
 class ServerUnavailable(RuntimeError):
@@ -75,7 +76,7 @@ class ManagedServer(abc.ABC):
     """One server process owned by a test, in its own temporary directory.
 
     ``start()`` creates the directory on first use, writes the configuration, launches
-    the process and returns once the server answers. ``stop()`` ends the process (SIGTERM,
+    the process and returns once the server responds. ``stop()`` ends the process (SIGTERM,
     then SIGKILL after ``stop_timeout_s``) and keeps the directory, so ``start()`` again
     brings the server back on the same port with the same files. ``close()`` stops it and
     deletes the directory. Used as a context manager, the server is started on entry and
@@ -102,7 +103,7 @@ class ManagedServer(abc.ABC):
     @property
     @abc.abstractmethod
     def url(self) -> str:
-        """The backend URL of the server, including any password (redact it before logging)."""
+        """Backend URL of the server, including any password (redact it before logging)."""
 
     @abc.abstractmethod
     def _prepare(self, directory: Path) -> None:
@@ -113,8 +114,8 @@ class ManagedServer(abc.ABC):
         """Return the command line that runs the server in the foreground."""
 
     @abc.abstractmethod
-    def _answers(self) -> bool:
-        """Return whether the server answers a trivial request now. Must not raise for a refused connection."""
+    def _responds(self) -> bool:
+        """Return whether the server responds to a trivial request now. Must not raise for a refused connection."""
 
     # -- Lifecycle ----------------------------------------------------------------
 
@@ -140,10 +141,10 @@ class ManagedServer(abc.ABC):
         return self.directory / f"{self.name}.log"
 
     def start(self) -> None:
-        """Launch the server and wait until it answers.
+        """Launch the server and wait until it responds.
 
         Raises ``ServerStartError`` with the tail of the server's log when the process
-        exits early or does not answer within ``startup_timeout_s``; the process is then
+        exits early or does not respond within ``startup_timeout_s``; the process is then
         stopped. Does nothing when the server is already running.
         """
         with self._lock:
@@ -163,12 +164,12 @@ class ManagedServer(abc.ABC):
             LOG.info("Started %s (pid %d) for %s", self.name, self._process.pid, redact_url(self.url))
 
             try:
-                self._wait_until_answering()
+                self._wait_until_responding()
             except BaseException:
                 self.stop()
                 raise
 
-    def _wait_until_answering(self) -> None:
+    def _wait_until_responding(self) -> None:
         process = self._process
         assert process is not None
         deadline = time.monotonic() + self.startup_timeout_s
@@ -178,11 +179,11 @@ class ManagedServer(abc.ABC):
                     f"{self.name} exited with status {process.returncode} during startup; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            if self._answers():
+            if self._responds():
                 return
             if time.monotonic() > deadline:
                 raise ServerStartError(
-                    f"{self.name} (pid {process.pid}) did not answer within {self.startup_timeout_s} s; "
+                    f"{self.name} (pid {process.pid}) did not respond within {self.startup_timeout_s} s; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(READY_POLL_INTERVAL_S)
@@ -228,7 +229,7 @@ class ManagedServer(abc.ABC):
             LOG.info("Killed %s (pid %d)", self.name, process.pid)
 
     def pause(self) -> None:
-        """Freeze the server with SIGSTOP: connections stay open but nothing is answered."""
+        """Freeze the server with SIGSTOP: connections stay open but get no response."""
         with self._lock:
             pid = self._require_pid("pause")
             os.kill(pid, signal.SIGSTOP)
@@ -380,6 +381,12 @@ class RedisServer(ManagedServer):
     # -- Configuration ------------------------------------------------------------
 
     def _prepare(self, directory: Path) -> None:
+        socket_path = directory / "redis.sock"
+        if self.unix_socket and len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
+            raise ServerStartError(
+                f"Unix socket path {socket_path} is longer than {MAX_UNIX_SOCKET_PATH} characters; "
+                "set TMPDIR to a shorter directory"
+            )
         if self.tls:
             self._write_certificates(directory)
         lines = [
@@ -398,7 +405,7 @@ class RedisServer(ManagedServer):
 
     def _listen_lines(self, directory: Path) -> list[str]:
         if self.unix_socket:
-            return ["port 0", f"unixsocket {_quoted(str(directory / 'redis.sock'))}", "unixsocketperm 700"]
+            return ["port 0", f"unixsocket {_quoted(str(self.socket_path))}", "unixsocketperm 700"]
         if not self.tls:
             return [f"port {self.port}"]
         return [
@@ -483,7 +490,7 @@ class RedisServer(ManagedServer):
             return {"password": self.password}
         return {}
 
-    def _answers(self) -> bool:
+    def _responds(self) -> bool:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
