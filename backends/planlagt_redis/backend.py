@@ -115,7 +115,7 @@ class RedisBackend(Backend):
     # -- Plumbing -------------------------------------------------------------------
 
     @contextmanager
-    def _requests(self, operation: str) -> Iterator[redis.Redis]:
+    def _client_for(self, operation: str) -> Iterator[redis.Redis]:
         """Yield the client for one operation, translating its errors."""
         if self._closed:
             raise BackendError(f"backend {self.url} is closed; create a new one with planlagt_core.connect()")
@@ -123,10 +123,10 @@ class RedisBackend(Backend):
             yield self._client
 
     def _run_script(self, operation: str, name: str, keys: list[str], args: list[Any]) -> Any:
-        with self._requests(operation):
+        with self._client_for(operation):
             return self._scripts[name](keys=keys, args=args)
 
-    def _parse(self, what: str, redis_key: str, parse: Any, text: str) -> Any:
+    def _parse(self, what: str, redis_key: str, parse: Any, text: Any) -> Any:
         """Parse JSON read from Redis with ``parse``, raising ``BackendError`` for invalid data."""
         try:
             return parse(text)
@@ -175,7 +175,7 @@ class RedisBackend(Backend):
 
     def _do_inspect(self, key: str) -> LeaseInfo | None:
         redis_key = self.keys.lease(key)
-        with self._requests("inspect") as client:
+        with self._client_for("inspect") as client:
             pipeline = client.pipeline(transaction=True)
             pipeline.get(redis_key)
             pipeline.pttl(redis_key)
@@ -235,7 +235,7 @@ class RedisBackend(Backend):
 
     def _do_get_fire(self, job: str, fire_time: float) -> FireState | None:
         fire_key = self.keys.fire(job, fire_time)
-        with self._requests("get_fire") as client:
+        with self._client_for("get_fire") as client:
             stored = client.get(fire_key)
         if stored is None:
             return None
@@ -252,13 +252,13 @@ class RedisBackend(Backend):
         redis_key = self.keys.all_runs if job is None else self.keys.runs(job)
         highest = "+inf" if until is None else repr(float(until))
         lowest = "-inf" if since is None else repr(float(since))
-        with self._requests("list_runs") as client:
+        with self._client_for("list_runs") as client:
             members = client.zrevrangebyscore(redis_key, highest, lowest, start=0, num=limit)
         return [self._parse("run record", redis_key, _record_from_member, member) for member in members]
 
     def _do_trim_runs(self, max_per_job: int, max_age_s: float) -> int:
-        with self._requests("trim_runs") as client:
-            jobs = sorted(client.smembers(self.keys.run_jobs))
+        with self._client_for("trim_runs") as client:
+            jobs = sorted(str(job) for job in client.smembers(self.keys.run_jobs))
 
         # One script per job keeps each atomic step short on a server shared with others.
         deleted = 0
@@ -280,7 +280,7 @@ class RedisBackend(Backend):
         return self._instances_from(values)
 
     def _do_leave(self, instance_id: str) -> None:
-        with self._requests("leave") as client:
+        with self._client_for("leave") as client:
             pipeline = client.pipeline(transaction=True)
             pipeline.zrem(self.keys.members, instance_id)
             pipeline.hdel(self.keys.instances, instance_id)
@@ -303,12 +303,14 @@ class RedisBackend(Backend):
 
     def _do_announce_jobs(self, instance_id: str, definitions: dict[str, dict[str, Any]]) -> None:
         try:
-            encoded = {name: json.dumps(definition, sort_keys=True) for name, definition in definitions.items()}
+            encoded: dict[Any, Any] = {
+                name: json.dumps(definition, sort_keys=True) for name, definition in definitions.items()
+            }
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"job definitions of instance {instance_id!r} are not JSON data: {exc}") from exc
 
         redis_key = self.keys.jobs(instance_id)
-        with self._requests("announce_jobs") as client:
+        with self._client_for("announce_jobs") as client:
             pipeline = client.pipeline(transaction=True)
             pipeline.delete(redis_key)
             if encoded:
@@ -333,7 +335,7 @@ class RedisBackend(Backend):
     # -- Control state --------------------------------------------------------------
 
     def _do_read_control(self) -> ControlState:
-        with self._requests("read_control") as client:
+        with self._client_for("read_control") as client:
             pipeline = client.pipeline(transaction=True)
             pipeline.smembers(self.keys.paused)
             pipeline.hvals(self.keys.triggers)
@@ -346,18 +348,18 @@ class RedisBackend(Backend):
         return ControlState(paused=frozenset(paused), triggers=tuple(triggers))
 
     def _do_set_paused(self, job: str, paused: bool) -> None:
-        with self._requests("set_paused") as client:
+        with self._client_for("set_paused") as client:
             if paused:
                 client.sadd(self.keys.paused, job)
             else:
                 client.srem(self.keys.paused, job)
 
     def _do_add_trigger(self, request: TriggerRequest) -> None:
-        with self._requests("add_trigger") as client:
+        with self._client_for("add_trigger") as client:
             client.hsetnx(self.keys.triggers, request.request_id, request.to_json())
 
     def _do_remove_trigger(self, request_id: str) -> bool:
-        with self._requests("remove_trigger") as client:
+        with self._client_for("remove_trigger") as client:
             return bool(client.hdel(self.keys.triggers, request_id))
 
 

@@ -1,7 +1,8 @@
 """The one place where redis-py exceptions become planlagt exceptions.
 
-redis-py builds its messages from the host, port and server reply, never from the
-password, so the server's message is kept. The URL in each message is redacted.
+redis-py (checked with 8.2) builds its connection and authentication messages from the
+host, port and server reply, not from the password, so the server's message is kept. The
+backend URL in each message is redacted.
 """
 
 from __future__ import annotations
