@@ -50,6 +50,10 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0
 MAX_CATCH_UP_FIRE_TIMES = 100
 """Most fire times of one job examined when this instance takes the job over."""
 
+LOOK_BACK_HORIZONS_S = (3600.0, 86400.0, 32 * 86400.0, 367 * 86400.0)
+LOOK_BACK_LIMIT = 10_000
+"""Widening windows searched for a job's latest fire time when taking the job over."""
+
 _STARTED: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
@@ -397,8 +401,14 @@ class Scheduler:
             return
         now = self.clock.time()
         with self._lock:
-            due = [p for p in self._pending.values() if p.not_before <= now and p.key not in self._inflight]
-        for pending in due:
+            busy_jobs = {name for name, _fire in self._inflight}
+            earliest: dict[str, PendingFire] = {}
+            for pending in sorted(self._pending.values(), key=lambda p: p.fire_time):
+                if pending.not_before <= now and pending.job.name not in busy_jobs:
+                    earliest.setdefault(pending.job.name, pending)
+        # One entry per job at a time, oldest fire time first, so that fire times left open
+        # by a dead instance run in order instead of racing for the job's lease.
+        for pending in earliest.values():
             if pending.manual or self._owns(pending.job):
                 self._submit(pending)
             else:
@@ -417,11 +427,8 @@ class Scheduler:
         now = self.clock.time()
         for name in gained:
             job = self._jobs[name]
-            window = job.policy.late_start_window_s(self.max_skew_s)
-            start = datetime.fromtimestamp(now - window, tz=timezone.utc)
-            end = datetime.fromtimestamp(now, tz=timezone.utc)
-            for fire in job.schedule.fire_times_between(start, end, limit=MAX_CATCH_UP_FIRE_TIMES):
-                key = (name, fire.timestamp())
+            for fire in _recent_fire_times(job, now, job.policy.late_start_window_s(self.max_skew_s)):
+                key = (name, fire)
                 with self._lock:
                     if key in self._pending or key in self._inflight:
                         continue
@@ -521,6 +528,22 @@ class Scheduler:
                 f"forked child {os.getpid()}; create and start a new Scheduler in the child (for gunicorn, "
                 "in a post_fork hook or at app start-up, not at import time with --preload)"
             )
+
+
+def _recent_fire_times(job: Job, now: float, window_s: float) -> list[float]:
+    """Return the fire times of the last ``window_s`` seconds, plus the latest one before them.
+
+    The latest fire time at or before ``now`` may still be retried until the next one
+    arrives, however long ago it was, so it is always included.
+    """
+    end = datetime.fromtimestamp(now, tz=timezone.utc)
+    for horizon_s in (window_s, *LOOK_BACK_HORIZONS_S):
+        start = datetime.fromtimestamp(now - max(horizon_s, window_s), tz=timezone.utc)
+        fires = job.schedule.fire_times_between(start, end, limit=LOOK_BACK_LIMIT)
+        if fires:
+            recent = [fire.timestamp() for fire in fires if fire.timestamp() >= now - window_s]
+            return recent[-MAX_CATCH_UP_FIRE_TIMES:] if recent else [fires[-1].timestamp()]
+    return []
 
 
 def _resolve_backend(backend: str | Backend | None) -> Backend:
