@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from planlagt_core.url import redact_url
@@ -49,6 +49,7 @@ REDIS_URL_ENV = "PLANLAGT_TEST_REDIS_URL"
 DEFAULT_STARTUP_TIMEOUT_S = 20.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 READY_POLL_INTERVAL_S = 0.05
+ServerT = TypeVar("ServerT", bound="ManagedServer")
 LOG_TAIL_LINES = 20
 MAX_UNIX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, including the final NUL
 
@@ -268,7 +269,7 @@ class ManagedServer(abc.ABC):
             raise RuntimeError(f"cannot {action} {self.name}: it is not running")
         return pid
 
-    def __enter__(self) -> ManagedServer:
+    def __enter__(self: ServerT) -> ServerT:
         self.start()
         return self
 
