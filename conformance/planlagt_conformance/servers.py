@@ -3,7 +3,7 @@
 :class:`ManagedServer` is the shared base: it launches one server process, polls until the
 server responds (with a deadline), and offers the faults tests inject (stop, pause with
 SIGSTOP, resume with SIGCONT, restart on the same port). Subclasses write the server's
-configuration and say how to check that it responds. Every process is stopped by its own
+configuration and define how to check that it responds. Every process is stopped by its own
 PID, never by name.
 
 :func:`redis_url` and :func:`get_redis_url` pick the Redis server for a test run: the URL in
@@ -51,7 +51,7 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 READY_POLL_INTERVAL_S = 0.05
 ServerT = TypeVar("ServerT", bound="ManagedServer")
 LOG_TAIL_LINES = 20
-MAX_UNIX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, including the final NUL
+MAX_UNIX_SOCKET_PATH = 107  # sun_path has room for 108 bytes on Linux, including the final NUL
 
 
 class ServerStartError(RuntimeError):
