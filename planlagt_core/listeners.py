@@ -37,6 +37,10 @@ class ListenerSet:
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self._listeners = list(listeners)
 
+    @property
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners)
+
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
