@@ -198,6 +198,9 @@ class MemoryBackend(Backend):
             state = FireState() if stored is None else FireState.from_json(stored)
             if state.outcome is not None:
                 return False
+            if lease is None and state.attempts > 0:
+                # Unfenced closes never overwrite a fire time at which an attempt began.
+                return False
             token = lease.token if lease is not None else state.token
             closed = replace(state, outcome=record.outcome, token=token, instance_id=record.instance_id)
             space.store_fire(fire_id, closed.to_json(), now + keep_s, now)

@@ -263,6 +263,9 @@ class SQLiteBackend(Backend):
             state = self._read_fire(connection, record.job, fire_ms, now) or FireState()
             if state.outcome is not None:
                 return False
+            if lease is None and state.attempts > 0:
+                # Unfenced closes never overwrite a fire time at which an attempt began.
+                return False
             token = lease.token if lease is not None else state.token
             closed = replace(state, outcome=record.outcome, token=token, instance_id=record.instance_id)
             self._write_fire(connection, record.job, fire_ms, closed, now + keep_s, now)
