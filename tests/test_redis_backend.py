@@ -5,7 +5,7 @@ URL forms and options, TLS, ACL users, password files, Unix sockets, database nu
 prefixes, server time, fencing tokens across a restart, error translation and redaction.
 
 Tests that need a server of their own (TLS, ACL, restart, pause) start ``redis-server``
-from ``PATH`` and are skipped without it. The others use ``PLANLAGT_TEST_REDIS_URL`` when
+from ``PATH`` and fail without it. The others use ``PLANLAGT_TEST_REDIS_URL`` when
 it is set.
 """
 
@@ -82,10 +82,13 @@ def server_time_s(admin: redis.Redis) -> float:
 
 @pytest.fixture(scope="session")
 def redis_binary() -> str:
-    """The ``redis-server`` binary; tests that start their own server are skipped without it."""
+    """The ``redis-server`` binary; tests that start their own server fail without it."""
     found = shutil.which("redis-server")
     if found is None:
-        pytest.skip("redis-server is not on PATH; install it (for example `apt-get install redis-server`)")
+        pytest.fail(
+            "redis-server is not on PATH, and this test needs a server it can configure (TLS, ACL, restart); "
+            "install it, for example `apt-get install redis-server`"
+        )
     return found
 
 
