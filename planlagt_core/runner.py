@@ -131,7 +131,7 @@ class Runner:
 
     def lease_key(self, pending: PendingFire) -> str:
         job = pending.job
-        if job.policy.overlap is OverlapPolicy.ALLOW or pending.manual:
+        if job.policy.overlap is OverlapPolicy.ALLOW:
             return f"{job.lease_key}@{round(pending.fire_time * 1000)}"
         return job.lease_key
 
@@ -166,6 +166,8 @@ class Runner:
         info = self._backend.inspect(self.lease_key(pending))
         if info is None or info.released:
             return pending.later(retry_at, "key busy")
+        if pending.manual:
+            return pending.later(retry_at, "waiting for the running attempt to finish")
         holder = _parse_holder(info.holder)
         held_fire_ms = holder.get("fire_ms")
         fire_ms = round(pending.fire_time * 1000)
@@ -334,7 +336,8 @@ class Runner:
             except BackendUnavailable as exc:
                 if sent_at + FINISH_RETRY_S >= lease.valid_until:
                     LOG.error(
-                        "Could not record the outcome of job %r fire time %s before its lease ran out: %s; the fire time stays open",
+                        "Could not record the outcome of job %r fire time %s before its lease ran out: %s; "
+                        "the fire time stays open",
                         record.job,
                         _iso(record.fire_time),
                         exc,

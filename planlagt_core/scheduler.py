@@ -94,6 +94,7 @@ class Scheduler:
         self._defaults = JobPolicy(lease_ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
         self._defaults.check("(scheduler defaults)")
         _check_settings(max_skew_s, max_workers, shutdown_grace_s)
+        self._owns_backend = not isinstance(backend, Backend)
         self.backend = _resolve_backend(backend)
         self.backend.check_ttl(lease_ttl_s)
         self.instance_id = instance_id or os.environ.get("PLANLAGT_INSTANCE_ID") or _default_instance_id()
@@ -328,20 +329,27 @@ class Scheduler:
     def _timer_loop(self) -> None:
         assert self._timer is not None
         while not self._stop_event.is_set():
-            now = self.clock.time()
-            for pending in self._timer.pop_due(now, self._owns):
-                self._dispatch(pending)
+            try:
+                for pending in self._timer.pop_due(self.clock.time(), self._owns):
+                    self._dispatch(pending)
+            except Exception:
+                LOG.exception("Timer of instance %s failed; it carries on at the next fire time", self.instance_id)
             wait_s = min(self._timer.next_due() - self.clock.time(), self.heartbeat_s)
             self.clock.wait(self._stop_event, max(wait_s, 0.0))
 
     def _heartbeat_loop(self) -> None:
         next_beat = self.clock.monotonic()
+        next_renewal = next_beat
         while not self._stop_event.is_set():
-            if self.clock.monotonic() >= next_beat:
-                self._beat()
+            try:
+                if self.clock.monotonic() >= next_beat:
+                    self._beat()
+                    next_beat = self.clock.monotonic() + self.heartbeat_s
+                next_renewal = self._keeper.tick()
+                self._dispatch_pending()
+            except Exception:
+                LOG.exception("Heartbeat of instance %s failed unexpectedly; trying again", self.instance_id)
                 next_beat = self.clock.monotonic() + self.heartbeat_s
-            next_renewal = self._keeper.tick()
-            self._dispatch_pending()
             wait_s = min(next_beat, next_renewal) - self.clock.monotonic()
             wait_s = min(wait_s, self._next_pending_s())
             self._wake.clear()
@@ -359,17 +367,21 @@ class Scheduler:
         self.last_backend_contact = self.clock.monotonic()
         if gained:
             self._catch_up(gained)
-        self._take_triggers(view.control.triggers)
+        try:
+            self._take_triggers(view.control.triggers)
+        except BackendUnavailable as exc:
+            LOG.warning("Could not take trigger requests on instance %s: %s", self.instance_id, exc)
 
     def _owns(self, job: Job) -> bool:
         assert self._membership is not None
         return job.name in self._membership.view.owned
 
     def _dispatch(self, pending: PendingFire) -> None:
-        assert self._membership is not None
-        if pending.job.name in self._membership.view.control.paused and not pending.manual:
-            pending = PendingFire(job=pending.job, fire_time=pending.fire_time, not_before=0.0, reason="paused")
         self._submit(pending)
+
+    def _paused(self, job: Job) -> bool:
+        assert self._membership is not None
+        return job.name in self._membership.view.control.paused
 
     def _submit(self, pending: PendingFire) -> None:
         with self._lock:
@@ -383,7 +395,7 @@ class Scheduler:
 
     def _work(self, pending: PendingFire) -> None:
         try:
-            if pending.reason == "paused":
+            if self._paused(pending.job) and not pending.manual:
                 follow_up = self._runner.skip_paused(pending)
             else:
                 follow_up = self._runner.run(pending)
@@ -479,6 +491,8 @@ class Scheduler:
             self._membership.leave()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._owns_backend:
+            self.backend.close()
         _STARTED.discard(self)
 
     def _busy(self) -> bool:
