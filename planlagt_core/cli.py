@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .cli_operator import add_operator_commands
 from .errors import ConfigurationError, PlanlagtError
 from .plugins import DEFAULT_URL, list_plugins
 from .schedule import parse_schedule
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_backends(commands)
     _add_conformance(commands)
+    add_operator_commands(commands, _backend_option)
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InvalidJob
 from .schedule import Schedule, parse_schedule
 
-__all__ = ["Job", "JobPolicy", "MissedPolicy", "OverlapPolicy", "definitions_digest"]
+__all__ = ["Job", "JobPolicy", "MissedPolicy", "OverlapPolicy", "definitions_digest", "schedule_weight"]
 
 DEFAULT_LEASE_TTL_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 1
@@ -57,6 +57,7 @@ class JobPolicy:
     is how late a fire time may still start (default: one lease TTL plus two heartbeats
     plus the scheduler's maximum clock skew, the time needed to notice a dead instance).
     ``min_hold_s`` keeps the job's key blocked that long after a run ends.
+    ``max_success_age_s`` flags the job as overdue when its last success is older.
     """
 
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S
@@ -69,6 +70,7 @@ class JobPolicy:
     late_start_s: float | None = None
     missed_grace_s: float = DEFAULT_MISSED_GRACE_S
     min_hold_s: float = 0.0
+    max_success_age_s: float | None = None
 
     @property
     def effective_heartbeat_s(self) -> float:
@@ -101,6 +103,8 @@ class JobPolicy:
         if self.late_start_s is not None:
             _check_positive(job, "late_start_s", self.late_start_s)
         _check_positive(job, "missed_grace_s", self.missed_grace_s)
+        if self.max_success_age_s is not None:
+            _check_positive(job, "max_success_age_s", self.max_success_age_s)
         if not (isinstance(self.min_hold_s, (int, float)) and math.isfinite(self.min_hold_s) and self.min_hold_s >= 0):
             raise InvalidJob(f"job {job!r}: min_hold_s must be zero or a positive number of seconds")
 
@@ -116,6 +120,7 @@ class JobPolicy:
             "late_start_s": self.late_start_s,
             "missed_grace_s": self.missed_grace_s,
             "min_hold_s": self.min_hold_s,
+            "max_success_age_s": self.max_success_age_s,
         }
 
 
@@ -135,14 +140,8 @@ class Job:
     is_async: bool
 
     def schedule_weight(self) -> float:
-        """Return the job's expected runs per second, the same on every instance.
-
-        Measured between the first two fire times after a fixed instant (Monday
-        2026-01-05T00:00Z), so it does not depend on when an instance starts.
-        """
-        first = self.schedule.next_after(WEIGHT_ANCHOR)
-        second = self.schedule.next_after(first)
-        return 1.0 / max((second - first).total_seconds(), 1.0)
+        """Return the job's expected runs per second (see :func:`schedule_weight`)."""
+        return schedule_weight(self.schedule)
 
     @property
     def lease_key(self) -> str:
@@ -188,6 +187,17 @@ def build_job(
         takes_context=_takes_context(job_name, func),
         is_async=asyncio.iscoroutinefunction(func) or asyncio.iscoroutinefunction(getattr(func, "__call__", None)),  # noqa: B004
     )
+
+
+def schedule_weight(schedule: Schedule) -> float:
+    """Return a schedule's expected runs per second, the same on every instance.
+
+    Measured between the first two fire times after a fixed instant (Monday
+    2026-01-05T00:00Z), so it does not depend on when an instance starts.
+    """
+    first = schedule.next_after(WEIGHT_ANCHOR)
+    second = schedule.next_after(first)
+    return 1.0 / max((second - first).total_seconds(), 1.0)
 
 
 def definitions_digest(jobs: list[Job]) -> str:

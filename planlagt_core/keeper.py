@@ -48,6 +48,8 @@ class LeaseKeeper:
         self._instance_id = instance_id
         self._attempts: dict[int, RunningAttempt] = {}
         self._lock = threading.Lock()
+        self.renewal_failures = 0
+        """Renewals that failed since start, lost and at-risk alike (for metrics)."""
 
     def add(
         self, lease: Lease, context: RunContext, heartbeat_s: float, max_run_time_s: float | None
@@ -125,9 +127,11 @@ class LeaseKeeper:
         try:
             lease = self._backend.renew(attempt.lease)
         except LeaseLost:
+            self.renewal_failures += 1
             self._mark_lost(attempt, "the backend reports it expired or taken by another holder")
             return
         except BackendUnavailable as exc:
+            self.renewal_failures += 1
             self._mark_at_risk(attempt, exc)
             attempt.next_renew = sent_at + min(attempt.heartbeat_s, AT_RISK_RETRY_S)
             return

@@ -30,6 +30,13 @@ class Listener:
     def run_failed(self, record: RunRecord, error: BaseException) -> None:
         """Called when a job function raised, after ``run_finished`` for the same record."""
 
+    def success_overdue(self, job: str, age_s: float | None, max_age_s: float) -> None:
+        """Called when a job's last success is older than its ``max_success_age_s``.
+
+        ``age_s`` is None when no success is recorded at all. Called by the one instance
+        that runs the periodic check, once per check.
+        """
+
 
 class ListenerSet:
     """Calls every listener, logging and swallowing what they raise."""
@@ -64,3 +71,10 @@ class ListenerSet:
                 listener.run_failed(record, error)
             except Exception:
                 LOG.exception("Listener %r failed in run_failed for job %r", listener, record.job)
+
+    def success_overdue(self, job: str, age_s: float | None, max_age_s: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener.success_overdue(job, age_s, max_age_s)
+            except Exception:
+                LOG.exception("Listener %r failed in success_overdue for job %r", listener, job)

@@ -117,6 +117,10 @@ class Runner:
                 return None
             if state is not None and state.attempts:
                 pending = replace(pending, attempted=True)
+            elif self._clock.time() > pending.fire_time + pending.job.policy.late_start_window_s(self._max_skew_s):
+                # Taking over an old fire time only to retry an attempt that began. With no
+                # state, it may have completed long ago and its state expired since.
+                return None
         expired = self._expired(pending)
         if expired is not None:
             return expired
@@ -136,7 +140,14 @@ class Runner:
         return job.lease_key
 
     def _holder(self, pending: PendingFire) -> str:
-        return json.dumps({"instance": self._instance_id, "fire_ms": round(pending.fire_time * 1000)})
+        return json.dumps(
+            {
+                "instance": self._instance_id,
+                "fire_ms": round(pending.fire_time * 1000),
+                "since": round(self._clock.time(), 3),
+                "manual": pending.manual,
+            }
+        )
 
     def _claimed(self, pending: PendingFire, lease: Lease) -> PendingFire | None:
         job = pending.job

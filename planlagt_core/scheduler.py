@@ -29,6 +29,14 @@ from typing import Any, TypeVar
 from .backend import Backend, Feature
 from .clock import Clock, SystemClock
 from .errors import BackendUnavailable, ConfigurationError, InvalidJob, SchedulerError
+from .housekeeping import (
+    SUCCESS_AGE_JOB,
+    SUCCESS_AGE_SCHEDULE,
+    TRIM_JOB,
+    TRIM_SCHEDULE,
+    check_success_age,
+    trim_history,
+)
 from .job import DEFAULT_LEASE_TTL_S, Job, JobPolicy, MissedPolicy, OverlapPolicy, build_job, definitions_digest
 from .keeper import LeaseKeeper
 from .listeners import Listener, ListenerSet
@@ -45,6 +53,8 @@ LOG = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MAX_SKEW_S = 1.0
+DEFAULT_HISTORY_MAX_PER_JOB = 1000
+DEFAULT_HISTORY_MAX_AGE_S = 30 * 86400.0
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 MAX_CATCH_UP_FIRE_TIMES = 100
@@ -90,10 +100,17 @@ class Scheduler:
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        history_max_per_job: int = DEFAULT_HISTORY_MAX_PER_JOB,
+        history_max_age_s: float = DEFAULT_HISTORY_MAX_AGE_S,
     ) -> None:
         self._defaults = JobPolicy(lease_ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
         self._defaults.check("(scheduler defaults)")
         _check_settings(max_skew_s, max_workers, shutdown_grace_s)
+        _check_retention(history_max_per_job, history_max_age_s)
+        self.history_max_per_job = history_max_per_job
+        self.history_max_age_s = history_max_age_s
+        self.overdue: dict[str, float | None] = {}
+        """Jobs whose last success is older than their max_success_age_s, as last checked here."""
         self._owns_backend = not isinstance(backend, Backend)
         self.backend = _resolve_backend(backend)
         self.backend.check_ttl(lease_ttl_s)
@@ -161,6 +178,7 @@ class Scheduler:
         late_start_s: float | None = None,
         missed_grace_s: float = 3600.0,
         min_hold_s: float = 0.0,
+        max_success_age_s: float | None = None,
     ) -> Job:
         """Register ``func`` to run on ``schedule`` (cron, ``@daily``, ``@every 90s``) in zone ``tz``.
 
@@ -183,6 +201,7 @@ class Scheduler:
             late_start_s=late_start_s,
             missed_grace_s=missed_grace_s,
             min_hold_s=min_hold_s,
+            max_success_age_s=max_success_age_s,
         )
         job = build_job(func, schedule, name=name, tz=tz, policy=policy)
         self._check_against_backend(job)
@@ -194,6 +213,16 @@ class Scheduler:
     @property
     def jobs(self) -> dict[str, Job]:
         return dict(self._jobs)
+
+    def _register_housekeeping(self) -> None:
+        """Add the trimming and success-age jobs, which run once per fire time like any job."""
+        if self.backend.capabilities.supports(Feature.RUN_RETENTION) and TRIM_JOB not in self._jobs:
+            trim = trim_history(self.backend, self.history_max_per_job, self.history_max_age_s)
+            self.add_job(trim, TRIM_SCHEDULE, name=TRIM_JOB)
+        watched = [job for job in self._jobs.values() if job.policy.max_success_age_s is not None]
+        if watched and SUCCESS_AGE_JOB not in self._jobs:
+            check = check_success_age(self.backend, watched, self.listeners, self.overdue)
+            self.add_job(check, SUCCESS_AGE_SCHEDULE, name=SUCCESS_AGE_JOB)
 
     def _check_against_backend(self, job: Job) -> None:
         try:
@@ -210,6 +239,7 @@ class Scheduler:
         self._check_usable()
         if self._state != "new":
             raise SchedulerError(f"scheduler {self.instance_id} cannot start: it is {self._state}")
+        self._register_housekeeping()
         self._state = "running"
         _STARTED.add(self)
         jobs = list(self._jobs.values())
@@ -567,6 +597,13 @@ def _resolve_backend(backend: str | Backend | None) -> Backend:
         LOG.info("No backend given; using the embedded SQLite backend %s", DEFAULT_URL)
         return connect(DEFAULT_URL)
     return connect(backend)
+
+
+def _check_retention(max_per_job: int, max_age_s: float) -> None:
+    if not isinstance(max_per_job, int) or isinstance(max_per_job, bool) or max_per_job < 1:
+        raise ConfigurationError(f"history_max_per_job must be an integer of at least 1, not {max_per_job!r}")
+    if not isinstance(max_age_s, (int, float)) or isinstance(max_age_s, bool) or not max_age_s > 0:
+        raise ConfigurationError(f"history_max_age_s must be a positive number of seconds, not {max_age_s!r}")
 
 
 def _check_settings(max_skew_s: float, max_workers: int, shutdown_grace_s: float) -> None:
