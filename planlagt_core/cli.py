@@ -254,3 +254,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
