@@ -166,20 +166,29 @@ class ResourceSnapshot:
 
 
 def _open_fds() -> frozenset[int] | None:
+    """Return the open file descriptors, or None where the platform does not list them.
+
+    The listing opens a descriptor of its own, which is closed again by the time this
+    returns; it is left out, or a later descriptor with its number would go unnoticed.
+    """
     for directory in FD_DIRECTORIES:
         try:
-            return frozenset(int(name) for name in os.listdir(directory))
+            listed = [int(name) for name in os.listdir(directory)]
         except OSError:
             continue
+        return frozenset(fd for fd in listed if _is_open(fd))
     return None
 
 
-def _describe_fd(fd: int) -> str | None:
-    """Return what ``fd`` refers to, or None when it is closed (such as the listing's own descriptor)."""
+def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError:
-        return None
+        return False
+    return True
+
+
+def _describe_fd(fd: int) -> str:
     try:
         return f"fd {fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
     except OSError:
@@ -196,8 +205,7 @@ def leaked_resources(baseline: ResourceSnapshot) -> list[str]:
     ]
     now_fds = _open_fds()
     if baseline.fds is not None and now_fds is not None:
-        described = (_describe_fd(fd) for fd in sorted(now_fds - baseline.fds))
-        leaks.extend(text for text in described if text is not None)
+        leaks.extend(_describe_fd(fd) for fd in sorted(now_fds - baseline.fds))
     return leaks
 
 

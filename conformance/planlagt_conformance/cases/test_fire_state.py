@@ -121,8 +121,8 @@ def test_finish_fire_closes_once(backend: Backend, timing: Timing):
     missed = make_record(JOB, FIRE, Outcome.MISSED, reason="no instance was live")
 
     assert backend.finish_fire(first, lease=lease, keep_s=FIRE_KEEP_S) is True
-    assert backend.finish_fire(second, lease=lease, keep_s=FIRE_KEEP_S) is False
-    assert backend.finish_fire(missed, keep_s=FIRE_KEEP_S) is False
+    assert backend.finish_fire(second, lease=lease, keep_s=FIRE_KEEP_S) is False, "a closed fire time was closed again"
+    assert backend.finish_fire(missed, keep_s=FIRE_KEEP_S) is False, "a closed fire time was closed again"
 
     state = backend.get_fire(JOB, FIRE)
     assert state is not None

@@ -32,7 +32,7 @@ def test_backends_with_same_prefix_share_state(backend_factory: BackendFactory, 
 
 def test_prefixes_isolate_leases(backend: Backend, other_prefix_backend: Backend, timing: Timing):
     mine = backend.acquire("report", timing.long_ttl_s, holder="mine")
-    assert mine is not None
+    assert mine is not None, "a key of a fresh prefix is held: the prefix isolates nothing"
 
     assert other_prefix_backend.inspect("report") is None
     theirs = other_prefix_backend.acquire("report", timing.long_ttl_s, holder="theirs")
@@ -47,7 +47,7 @@ def test_prefixes_isolate_leases(backend: Backend, other_prefix_backend: Backend
 
 def test_prefixes_isolate_fire_state_and_runs(backend: Backend, other_prefix_backend: Backend, timing: Timing):
     lease = backend.acquire("report", timing.long_ttl_s)
-    assert lease is not None
+    assert lease is not None, "a key of a fresh prefix is held: the prefix isolates nothing"
     backend.begin_attempt(lease, "report", BASE_FIRE_TIME, max_attempts=3, keep_s=FIRE_KEEP_S)
     record = make_record("report", BASE_FIRE_TIME)
     backend.record_run(record)

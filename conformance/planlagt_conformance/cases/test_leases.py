@@ -262,7 +262,7 @@ def test_stale_holder_cannot_touch_new_lease(backend_factory: BackendFactory, ti
     fresh, _ = acquire_when_free(second, "contested", timing.long_ttl_s, timing.ttl_s + timing.late_tolerance_s)
     assert fresh is not None
 
-    assert first.release(stale) is False
+    assert first.release(stale) is False, "release by a holder whose lease expired and was taken over returned True"
     with pytest.raises(LeaseLost) as raised:
         first.renew(stale)
     assert raised.value.key == "contested"
@@ -286,7 +286,7 @@ def test_release_frees_key_at_once(backend_factory: BackendFactory, timing: Timi
     assert first.inspect("report") is None
     successor = second.acquire("report", timing.long_ttl_s, holder="second")
     assert successor is not None
-    assert first.release(lease) is False
+    assert first.release(lease) is False, "a second release of the same lease returned True"
 
     info = second.inspect("report")
     assert info is not None
