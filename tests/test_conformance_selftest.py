@@ -50,7 +50,7 @@ class HonestMemory(MemoryBackend):
 
 
 class ReleaseWithoutOwnerCheck(MemoryBackend):
-    """Release deletes the key whoever holds it (no compare-and-delete)."""
+    """Release deletes the key even when another holder has it (no compare-and-delete)."""
 
     schemes: ClassVar[tuple[str, ...]] = ("releaseanyholder",)
 
@@ -123,7 +123,7 @@ class BeginAttemptUnfenced(MemoryBackend):
 
 
 class ClosesFireTimeTwice(MemoryBackend):
-    """finish_fire forgets the stored outcome first, so every call closes the fire time again."""
+    """finish_fire deletes the stored outcome first, so every call closes the fire time again."""
 
     schemes: ClassVar[tuple[str, ...]] = ("closestwice",)
 
@@ -186,7 +186,7 @@ def register_variants() -> None:
 
 @dataclass(frozen=True)
 class Expectation:
-    """The cases that must fail against one variant; ``pattern`` selects them and their neighbours."""
+    """The cases that must fail against one variant, and a ``-k`` pattern that selects them."""
 
     variant: type[MemoryBackend]
     must_fail: tuple[str, ...]
@@ -254,7 +254,7 @@ EXPECTATIONS = [
 
 
 def run_suite(scheme: str, *, pattern: str = "", output: str = "json") -> tuple[int, str, str]:
-    """Run the suite against a fresh named store of ``scheme``; return status, stdout and stderr."""
+    """Run the suite against a fresh named store of ``scheme`` and return status, stdout and stderr."""
     url = f"{scheme}://selftest-{secrets.token_hex(4)}"
     completed = subprocess.run(
         [sys.executable, "-c", DRIVER, str(Path(__file__).resolve()), url, output, pattern],

@@ -57,7 +57,10 @@ class SuiteResult:
 
     @property
     def exit_status(self) -> int:
-        """0 when nothing failed and pytest succeeded; 1 on any failed case; else pytest's own status."""
+        """The process exit status: 0 when no case failed and pytest succeeded, 1 when a case failed.
+
+        Otherwise it is pytest's own status, such as 5 when no case was selected.
+        """
         if self.count("failed"):
             return 1
         return self.pytest_exit_code
@@ -82,7 +85,7 @@ class SuiteResult:
 class _CaseCollector:
     """pytest plugin object that merges the setup, call and teardown reports of each case.
 
-    A failure in any phase makes the case failed; otherwise a skip makes it skipped, and
+    A failure in any phase makes the case failed. Otherwise a skip makes it skipped, and
     a passing call makes it passed.
     """
 
@@ -126,9 +129,9 @@ def _message(report: pytest.TestReport | pytest.CollectReport) -> str:
 
 def _pytest_arguments(url: str, ini_path: Path, pattern: str | None, verbose: bool) -> list[str]:
     # An empty ini file and a fixed rootdir keep the caller's own pytest configuration
-    # (addopts, plugins' settings) out of the suite; no cache is written next to the cases.
-    # The plugin module is handed to pytest.main as an object rather than with -p, because
-    # it is already imported (to check the URL) and -p would warn that it cannot be rewritten.
+    # (addopts, plugins' settings) out of the suite, and no cache is written beside the cases.
+    # run_cases() passes the plugin module to pytest.main as an object, not with -p: it is
+    # imported already, and pytest warns about every -p module it cannot rewrite.
     arguments = [
         "-c",
         str(ini_path),
@@ -172,7 +175,7 @@ def run_cases(
 
 
 def _check_url(url: str) -> str | None:
-    """Build and close a backend for ``url`` (without connecting); return the error text if that fails."""
+    """Build and close a backend for ``url`` without connecting, and return the error text if that fails."""
     from .plugin import open_backend
 
     try:

@@ -4,7 +4,7 @@ Nothing loads it on its own: opt in with ``pytest -p planlagt_conformance.plugin
 ``pytest_plugins = ["planlagt_conformance.plugin"]`` in a top-level ``conftest.py``. It adds
 
 ``--backend-url URL``
-    The backend to test; give it more than once to test several backends in one run.
+    The backend to test. Give it more than once to test several backends in one run.
     Without it, the whitespace-separated URLs in ``PLANLAGT_CONFORMANCE_URL`` are used.
 
 and the fixtures ``backend_url``, ``capabilities``, ``timing``, ``backend_factory``,
@@ -64,8 +64,8 @@ _call_report_key = pytest.StashKey[pytest.TestReport]()
 def register_test_backend(scheme: str, backend_class: type[Backend]) -> None:
     """Make URLs with ``scheme`` build ``backend_class`` in this process, without an entry point.
 
-    Meant for testing backends (and the suite itself); it overrides an installed plugin
-    of the same scheme. Worker processes that cases start find the class again by its
+    Meant for testing backends and the suite itself. It overrides an installed plugin of
+    the same scheme. Worker processes that cases start find the class again by its
     module and name, so it must be importable there for multi-process cases.
     """
     if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
@@ -74,7 +74,7 @@ def register_test_backend(scheme: str, backend_class: type[Backend]) -> None:
 
 
 def unregister_test_backend(scheme: str) -> None:
-    """Forget a class registered with :func:`register_test_backend`; unknown schemes are ignored."""
+    """Forget a class registered with :func:`register_test_backend`. Unknown schemes are ignored."""
     _test_backends.pop(scheme.lower(), None)
 
 
@@ -115,7 +115,7 @@ class BackendFactory:
 
     ``factory()`` builds a backend with the test's prefix, so every backend it returns
     shares the test's data as separate clients of one server would. ``factory(prefix=p)``
-    uses another prefix; :meth:`new_prefix` makes one.
+    uses another prefix, such as one from :meth:`new_prefix`.
     """
 
     def __init__(self, url: str) -> None:
@@ -137,7 +137,7 @@ class BackendFactory:
         return with_prefix(self.base_url, self.prefix if prefix is None else prefix)
 
     def close_all(self) -> None:
-        """Close every backend built, newest first; a failing ``close()`` fails the test after all are closed."""
+        """Close every backend built, newest first, then fail the test if any ``close()`` raised."""
         failures = []
         for backend in reversed(self._opened):
             try:
@@ -169,7 +169,7 @@ def _open_fds() -> frozenset[int] | None:
     """Return the open file descriptors, or None where the platform does not list them.
 
     The listing opens a descriptor of its own, which is closed again by the time this
-    returns; it is left out, or a later descriptor with its number would go unnoticed.
+    returns. It is left out, because a later descriptor with its number would go unnoticed.
     """
     for directory in FD_DIRECTORIES:
         try:
@@ -302,7 +302,7 @@ def timing(capabilities: Capabilities) -> Timing:
 
 @pytest.fixture
 def backend_factory(request: pytest.FixtureRequest, backend_url: str) -> Iterator[BackendFactory]:
-    """A :class:`BackendFactory` for the URL under test; closes its backends and checks for leaks."""
+    """A :class:`BackendFactory` for the URL under test, which closes its backends and checks for leaks."""
     baseline = ResourceSnapshot.take()
     factory = BackendFactory(backend_url)
     yield factory

@@ -87,7 +87,7 @@ def require_feature(capabilities: Capabilities, feature: Feature) -> None:
 
 
 def poll(condition: Callable[[], T], timeout_s: float) -> T:
-    """Call ``condition`` until it returns a true value or ``timeout_s`` passes; return its last value."""
+    """Call ``condition`` until it returns a true value or ``timeout_s`` passes, and return its last value."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = condition()

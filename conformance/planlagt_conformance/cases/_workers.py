@@ -40,7 +40,7 @@ CRITICAL_SECTION_PAUSE_S = 0.001
 holder would interleave, so a broken lease shows as a lost update."""
 
 RETRY_PAUSE_MAX_S = 0.002
-"""Longest random pause after a failed acquisition, so workers do not retry in lockstep."""
+"""Maximum random pause after a failed acquisition, so workers do not retry in lockstep."""
 
 
 # -- Parent side ------------------------------------------------------------------
@@ -55,7 +55,7 @@ def run_workers(task: str, arguments: list[dict[str, Any]], ready_directory: Pat
     """Run one worker per entry of ``arguments`` and return their JSON results in the same order.
 
     Raises ``AssertionError`` with the worker's standard error when a worker exits early,
-    fails, or misses a deadline; every worker started here is ended before it returns.
+    fails, or misses a deadline. Every worker started here has ended when it returns.
     """
     processes: list[subprocess.Popen[str]] = []
     try:
@@ -141,7 +141,7 @@ def _open(url: str, spec: str | None) -> Backend:
 
 
 def _count_under_lease(backend: Backend, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Acquire, read the counter file, write it plus one, release; ``rounds`` times."""
+    """Acquire, read the counter file, write it plus one and release, ``rounds`` times."""
     counter = Path(arguments["counter_path"])
     scratch = counter.with_name(f"{counter.name}.{os.getpid()}")
     deadline = time.monotonic() + TASK_TIMEOUT_S

@@ -1,4 +1,4 @@
-"""Invalid arguments raise ``ConfigurationError`` and write nothing; unusual valid keys work."""
+"""Invalid arguments raise ``ConfigurationError`` and write nothing, and unusual valid keys work."""
 
 from __future__ import annotations
 

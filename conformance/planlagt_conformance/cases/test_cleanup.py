@@ -49,7 +49,7 @@ def use_every_operation(backend: Backend, capabilities: Capabilities, timing: Ti
 
 
 def use_from_threads(backend: Backend, capabilities: Capabilities, timing: Timing) -> list[str]:
-    """Use ``backend`` from several threads at once; return the errors raised."""
+    """Use ``backend`` from several threads at once and return the errors raised."""
     errors: list[str] = []
 
     def use(index: int) -> None:

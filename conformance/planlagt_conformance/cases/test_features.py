@@ -68,9 +68,7 @@ def test_undeclared_feature_raises_not_supported(backend: Backend, capabilities:
         pytest.fail(f"{name}() did not raise NotSupported, though capability {feature.value} is not declared")
 
 
-def test_release_with_keep_without_min_hold_raises_not_supported(
-    backend: Backend, capabilities: Capabilities, timing: Timing
-):
+def test_keep_without_min_hold_unsupported(backend: Backend, capabilities: Capabilities, timing: Timing):
     if capabilities.supports(Feature.MIN_HOLD):
         pytest.skip(f"capability {Feature.MIN_HOLD.value} is declared")
     lease = backend.acquire("report", timing.long_ttl_s)

@@ -1,7 +1,7 @@
 """First use of an empty prefix by several clients at the same moment: every call must succeed.
 
 Backends that create tables, scripts or keys on first use race each other here. Only the
-prefix is fresh; to cover a server or database file that is empty as a whole, run these
+prefix is fresh. To cover a server or database file that is empty as a whole, run these
 cases alone against a new one (``-k first_use``).
 """
 

@@ -1,4 +1,4 @@
-"""Membership: heartbeats list the live instances; expired and departed instances drop out."""
+"""Membership: heartbeats list the live instances, and expired and departed instances drop out."""
 
 from __future__ import annotations
 
