@@ -6,7 +6,8 @@ checked here against this grammar, case-insensitively:
 
 * a list of items separated by commas;
 * an item is ``*``, a value, or a range ``start-end``, each optionally followed by a step
-  ``/n``; a range whose start is after its end wraps around (``fri-mon``);
+  ``/n``; a range whose start is after its end wraps around (``fri-mon``), and one with
+  equal bounds (``5-5``) is that one value;
 * values are numbers, month names (``jan``-``dec``) or weekday names (``sun``-``sat``,
   where both 0 and 7 are Sunday);
 * day-of-month also takes ``L`` (the last day of the month), alone or as a range end;
@@ -14,7 +15,9 @@ checked here against this grammar, case-insensitively:
   ``Lweekday`` (the last such weekday), but not mixed with plain values;
 * ``?`` as a whole day-of-month or day-of-week field means the same as ``*``.
 
-When both day fields are restricted, a day matches if either field matches (POSIX cron).
+When neither day field is ``*`` or ``?``, a day matches if either field matches, as POSIX
+specifies. This includes fields that start with ``*``, such as ``*/2``, where Vixie cron and
+cronie require both fields to match.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidSchedule
 
-__all__ = ["FIELD_LAYOUT_HINT", "check_cron_fields", "follows_real_time", "invalid_schedule"]
+__all__ = ["FIELD_LAYOUT_HINT", "check_cron_fields", "collapse_equal_ranges", "follows_real_time", "invalid_schedule"]
 
 FIELD_COUNT_TEXT = "5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first"
 FIELD_LAYOUT_HINT = f"use {FIELD_COUNT_TEXT}"
@@ -99,6 +102,43 @@ def check_cron_fields(expression: str, fields: Sequence[str]) -> None:
     for cron_field, text in zip(layout, fields, strict=True):
         _check_field(expression, cron_field, text)
     _check_day_fields(expression, day_of_month=fields[-3], day_of_week=fields[-1])
+
+
+def collapse_equal_ranges(fields: Sequence[str]) -> list[str]:
+    """Return ``fields`` with each range of equal bounds replaced by its one value.
+
+    '5-5' becomes '5' and 'jan-jan/2' becomes 'jan'. The fields must have passed
+    ``check_cron_fields``.
+    """
+    # NOTE: croniter 7.0.0 expands a range of equal bounds to the whole field, so it fires
+    # '5-5 * * * *' every minute and '0 0 * * 7-7' every day.
+    layout = SIX_FIELDS if len(fields) == len(SIX_FIELDS) else FIVE_FIELDS
+    collapsed = []
+    for cron_field, text in zip(layout, fields, strict=True):
+        items = [_collapse_equal_range(cron_field, item) for item in text.split(",")]
+        collapsed.append(",".join(items))
+    return collapsed
+
+
+def _collapse_equal_range(cron_field: CronField, item: str) -> str:
+    base = item.partition("/")[0]
+    start, is_range, end = base.partition("-")
+    if not is_range or start == "*" or end.lower() == "l":
+        return item
+    start_value = _value_of(cron_field, start)
+    end_value = _value_of(cron_field, end)
+    # '0-7' is the whole week, but '7-0' runs from Sunday to Sunday.
+    sunday_to_sunday = cron_field is DAY_OF_WEEK and (start_value, end_value) == (7, 0)
+    if start_value == end_value or sunday_to_sunday:
+        return start
+    return item
+
+
+def _value_of(cron_field: CronField, text: str) -> int:
+    """Return the number that the checked value ``text`` stands for, keeping Sunday as 0 or 7."""
+    if _NUMBER.fullmatch(text):
+        return int(text)
+    return cron_field.names[text.lower()]
 
 
 def follows_real_time(fields: Sequence[str]) -> bool:

@@ -19,9 +19,9 @@ import datetime as dt
 import threading
 from collections.abc import Sequence
 
-from croniter import CroniterBadDateError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
-from .cron_fields import follows_real_time, invalid_schedule
+from .cron_fields import collapse_equal_ranges, follows_real_time, invalid_schedule
 from .dst import gap_end, instants_at, transition_instant, wall_time_of
 from .errors import InvalidSchedule
 
@@ -48,13 +48,16 @@ class CronRule:
         self.expression = expression
         self.zone = zone
         self.follows_real_time = follows_real_time(fields)
-        self._iterator = croniter(
-            " ".join(fields),
-            _CRONITER_START,
-            ret_type=dt.datetime,
-            second_at_beginning=len(fields) == 6,
-            max_years_between_matches=SEARCH_LIMIT_YEARS,
-        )
+        try:
+            self._iterator = croniter(
+                " ".join(collapse_equal_ranges(fields)),
+                _CRONITER_START,
+                ret_type=dt.datetime,
+                second_at_beginning=len(fields) == 6,
+                max_years_between_matches=SEARCH_LIMIT_YEARS,
+            )
+        except CroniterError as exc:
+            raise invalid_schedule(expression, f"croniter rejected it: {exc}") from exc
         # A croniter object stores the start time of the current call, so calls are serialized.
         self._lock = threading.Lock()
 
