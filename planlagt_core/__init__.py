@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .backend import Backend, Capabilities, Feature, Lease, LeaseInfo, LeaseState
 from .clock import Clock, FakeClock, OffsetClock, SystemClock
+from .context import RunContext
 from .errors import (
     BackendError,
     BackendUnavailable,
@@ -23,8 +24,12 @@ from .errors import (
     SchedulerError,
     UnknownBackend,
 )
+from .listeners import Listener
 from .models import ControlState, FireState, InstanceInfo, Outcome, RunRecord, TriggerRequest
+from .operator import Operator
 from .plugins import connect
+from .schedule import Schedule, parse_schedule
+from .scheduler import Scheduler
 from .url import BackendURL, parse_url, redact_url
 
 __version__ = "0.1.0"
@@ -49,17 +54,23 @@ __all__ = [
     "LeaseInfo",
     "LeaseLost",
     "LeaseState",
+    "Listener",
     "NotSupported",
     "OffsetClock",
+    "Operator",
     "Outcome",
     "PlanlagtError",
     "PluginLoadError",
+    "RunContext",
     "RunRecord",
+    "Schedule",
+    "Scheduler",
     "SchedulerError",
     "SystemClock",
     "TriggerRequest",
     "UnknownBackend",
     "connect",
+    "parse_schedule",
     "parse_url",
     "redact_url",
 ]
