@@ -259,6 +259,7 @@ class Scheduler:
 
     def run(self) -> None:
         """Start, then block until SIGTERM, SIGINT or :meth:`stop`; then shut down gracefully."""
+        self._check_usable()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
@@ -310,14 +311,17 @@ class Scheduler:
 
     def pause(self, job: str) -> None:
         """Pause ``job`` on every instance (honoured within one heartbeat)."""
+        self._check_usable()
         self.backend.set_paused(self._known(job), True)
 
     def resume(self, job: str) -> None:
         """Resume a paused job on every instance."""
+        self._check_usable()
         self.backend.set_paused(self._known(job), False)
 
     def trigger(self, job: str) -> TriggerRequest:
         """Ask the instance that owns ``job`` to run it once now; return the request."""
+        self._check_usable()
         request = TriggerRequest(
             request_id=secrets.token_hex(8),
             job=self._known(job),
@@ -329,6 +333,7 @@ class Scheduler:
 
     def healthy(self) -> bool:
         """Return whether the loops run and the backend answered within the last heartbeat TTL."""
+        self._check_usable()
         if self._state != "running" or not all(thread.is_alive() for thread in self._threads):
             return False
         contact = self.last_backend_contact
