@@ -35,6 +35,9 @@ lets two callers hold it at once.
 POLL_INTERVAL_S = 0.01
 """Pause between two polls of a condition."""
 
+BARRIER_TIMEOUT_S = 60.0
+"""How long threads that start a case together wait for each other before the case fails."""
+
 TIMING_TTL_S = 1.0
 """TTL of leases and memberships whose expiry a case waits for, unless the backend's minimum is longer.
 

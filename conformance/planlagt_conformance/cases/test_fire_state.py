@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from planlagt_conformance.cases._support import (
+    BARRIER_TIMEOUT_S,
     BASE_FIRE_TIME,
     FIRE_KEEP_S,
     Timing,
@@ -150,7 +151,7 @@ def test_finish_fire_from_many_threads_closes_once(backend_factory: BackendFacto
     ]
     results: list[bool | None] = [None] * CLOSING_THREADS
     errors: list[str] = []
-    start = threading.Barrier(CLOSING_THREADS)
+    start = threading.Barrier(CLOSING_THREADS, timeout=BARRIER_TIMEOUT_S)
 
     def close(index: int) -> None:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from planlagt_conformance.cases._support import Timing
+from planlagt_conformance.cases._support import BARRIER_TIMEOUT_S, Timing
 from planlagt_conformance.cases._workers import TASKS, backend_spec, run_workers
 from planlagt_conformance.plugin import BackendFactory, backend_class_for
 from planlagt_core.backend import Capabilities
@@ -36,7 +36,7 @@ def test_first_use_from_many_threads(backend_factory: BackendFactory, timing: Ti
     backends = [backend_factory() for _ in names]
     results: list[dict[str, Any]] = []
     errors: list[str] = []
-    start = threading.Barrier(CLIENTS)
+    start = threading.Barrier(CLIENTS, timeout=BARRIER_TIMEOUT_S)
 
     def first_use(index: int) -> None:
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from planlagt_conformance.cases._support import (
+    BARRIER_TIMEOUT_S,
     POLL_INTERVAL_S,
     Timing,
     acquire_when_free,
@@ -105,9 +106,12 @@ class SharedCounter:
 def _contend(backend: Backend, counter: SharedCounter, start: threading.Barrier, name: str, ttl_s: float) -> None:
     try:
         start.wait()
+        deadline = time.monotonic() + THREAD_JOIN_TIMEOUT_S
         for _ in range(ROUNDS_PER_THREAD):
             lease = backend.acquire("contended", ttl_s, holder=name)
             while lease is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not acquire the key within {THREAD_JOIN_TIMEOUT_S} s")
                 time.sleep(random.uniform(0, 0.001))
                 lease = backend.acquire("contended", ttl_s, holder=name)
 
@@ -126,7 +130,7 @@ def _contend(backend: Backend, counter: SharedCounter, start: threading.Barrier,
 def test_threads_never_hold_key_at_once(backend_factory: BackendFactory, timing: Timing):
     backends = [backend_factory(), backend_factory()]
     counter = SharedCounter()
-    start = threading.Barrier(CONTENDING_THREADS)
+    start = threading.Barrier(CONTENDING_THREADS, timeout=BARRIER_TIMEOUT_S)
     threads = [
         threading.Thread(
             target=_contend,

@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from planlagt_conformance.cases._support import BASE_FIRE_TIME, Timing, make_instance, poll, require_feature
+from planlagt_conformance.cases._support import (
+    BARRIER_TIMEOUT_S,
+    BASE_FIRE_TIME,
+    Timing,
+    make_instance,
+    poll,
+    require_feature,
+)
 from planlagt_conformance.plugin import BackendFactory
 from planlagt_core.backend import Backend, Capabilities, Feature
 from planlagt_core.models import TriggerRequest
@@ -140,7 +147,7 @@ def test_remove_trigger_from_many_threads_once(control: Backend, backend_factory
     control.add_trigger(trigger("request-1"))
     results: list[bool | None] = [None] * REMOVING_THREADS
     errors: list[str] = []
-    start = threading.Barrier(REMOVING_THREADS)
+    start = threading.Barrier(REMOVING_THREADS, timeout=BARRIER_TIMEOUT_S)
 
     def remove(index: int) -> None:
         try:
