@@ -198,7 +198,9 @@ class Backend(abc.ABC):
     listed per method.
 
     ``prefix`` (a URL option) isolates applications sharing one server: nothing one prefix
-    writes is visible under another.
+    writes is visible under another. Backends built from the same URL share state, as
+    instances of one service do; the one exception is ``memory://`` without a name, which
+    is private to the object.
     """
 
     capabilities: ClassVar[Capabilities]
@@ -275,7 +277,9 @@ class Backend(abc.ABC):
 
         Returns True when the lease was still held and is now released, False when it had
         already expired or has another holder (which is left untouched). Renewing a
-        released lease raises ``LeaseLost``. ``keep_s > 0`` needs ``Feature.MIN_HOLD``.
+        released lease raises ``LeaseLost``. ``keep_s > 0`` needs ``Feature.MIN_HOLD``;
+        while the key is kept, :meth:`inspect` reports the released lease's token with
+        ``released=True``, and a second ``release`` returns False without ending the keep.
         Atomic compare-and-delete (or compare-and-expire) on ``owner``.
         """
         if keep_s < 0 or not math.isfinite(keep_s):
@@ -307,7 +311,8 @@ class Backend(abc.ABC):
         outcome or ``max_attempts`` attempts were begun already, return its state unchanged;
         otherwise count one more attempt, store ``lease.token`` and ``lease.holder`` with it,
         and return the new state. The attempt began exactly when
-        ``state.began_with(lease.token)`` is true. ``keep_s`` is how long the backend keeps
+        ``state.began_with(lease.token)`` is true, provided each attempt uses a lease of its
+        own (a new acquisition), as the scheduler does. ``keep_s`` is how long the backend keeps
         the fire state (from now); the scheduler sets it past the job's retry window.
 
         Raises ``LeaseLost`` when ``lease`` is no longer held (nothing is written).
@@ -375,6 +380,8 @@ class Backend(abc.ABC):
     def trim_runs(self, *, max_per_job: int, max_age_s: float) -> int:
         """Delete records beyond the newest ``max_per_job`` per job or older than ``max_age_s``.
 
+        Age is measured from a record's fire time to the backend's clock.
+
         Returns how many records were deleted. Needs ``Feature.RUN_RETENTION``.
         """
         self.require(Feature.RUN_RETENTION)
@@ -423,7 +430,10 @@ class Backend(abc.ABC):
         self._do_announce_jobs(instance_id, {name: dict(value) for name, value in definitions.items()})
 
     def list_job_definitions(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Return ``{instance_id: {job name: definition}}`` for live instances. Read-only."""
+        """Return ``{instance_id: {job name: definition}}`` for live instances. Read-only.
+
+        A live instance that announced no jobs may be missing or map to ``{}``.
+        """
         self.require(Feature.JOB_REGISTRY)
         return self._do_list_job_definitions()
 
