@@ -68,7 +68,8 @@ class SchedulerMetrics(Listener):
     """Metrics of ``scheduler``, registered in ``registry`` (a new ``CollectorRegistry`` when None).
 
     Creating it adds it to the scheduler's listeners, so create it before
-    :meth:`Scheduler.start` to count every run. Pass ``registry=prometheus_client.REGISTRY``
+    :meth:`Scheduler.start` to count every run. Each job's ``planlagt_runs_total`` series
+    exist at 0 from the first scrape after the job is registered. Pass ``registry=prometheus_client.REGISTRY``
     to expose these metrics next to the application's own; only one ``SchedulerMetrics``
     fits in one registry, because the metric names would clash.
 
@@ -100,6 +101,9 @@ class SchedulerMetrics(Listener):
     ) -> None:
         self.scheduler = scheduler
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Registered first, so that each scrape adds the series of new jobs (such as the
+        # housekeeping jobs added by start()) before the run counter below is collected.
+        self.registry.register(_ClusterCollector(scheduler, before_collect=self._add_job_series))
         self._runs = Counter(
             "planlagt_runs",
             "Run records this instance wrote: attempts, skipped and missed fire times.",
@@ -120,11 +124,16 @@ class SchedulerMetrics(Listener):
             buckets=tuple(duration_buckets_s),
             registry=self.registry,
         )
-        self.registry.register(_ClusterCollector(scheduler))
-        for job in scheduler.jobs:
+        self._jobs_with_series: set[str] = set()
+        self._add_job_series()
+        scheduler.listeners.add(self)
+
+    def _add_job_series(self) -> None:
+        """Create the ``planlagt_runs_total`` series of every registered job at 0, so rates start at once."""
+        for job in self.scheduler.jobs.keys() - self._jobs_with_series:
             for outcome in Outcome:
                 self._runs.labels(job, outcome.value)
-        scheduler.listeners.add(self)
+            self._jobs_with_series.add(job)
 
     # -- Listener ------------------------------------------------------------------
 
@@ -225,13 +234,15 @@ def _snapshot(scheduler: Scheduler) -> _ClusterSnapshot:
 class _ClusterCollector:
     """Reads the values that are states, not events, each time the registry is scraped."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, before_collect: Callable[[], None]) -> None:
         self._scheduler = scheduler
+        self._before_collect = before_collect
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
+        self._before_collect()
         snapshot = _snapshot(self._scheduler)
         renewals, live, owned, overdue, healthy = self._families()
         renewals.add_metric([], snapshot.renewal_failures)

@@ -199,6 +199,16 @@ def test_health_body_shows_backend_contact(store_url: str, served) -> None:
     assert '"backend_contact_age_s": null' not in body
 
 
+def test_series_of_later_jobs_start_at_zero(store_url: str, served) -> None:
+    scheduler = new_scheduler(store_url, "metrics-1")
+    _, server = served(scheduler)
+    scheduler.add_job(lambda: None, "@every 1h", name="added-later")
+    assert value(scrape(server.url), "planlagt_runs_total", job="added-later", outcome="failed") == 0
+
+    scheduler.start()
+    assert value(scrape(server.url), "planlagt_runs_total", job=TRIM_JOB, outcome="succeeded") == 0
+
+
 # -- Cluster view --------------------------------------------------------------
 
 
