@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import psycopg
 
@@ -80,7 +81,7 @@ class PostgresBackend(Backend):
         ``url`` is the redacted URL shown in ``repr`` and messages.
         """
         options = options or PostgresOptions()
-        super().__init__(url=url or "postgresql://", prefix=options.prefix)
+        super().__init__(url=url or _describe(options), prefix=options.prefix)
         self.options = options
         self.pool = ConnectionPool(options, self.url)
         self.leases = LeaseManager(self.pool, self.statements, self.lock_key, options.prefix)
@@ -318,6 +319,16 @@ class PostgresBackend(Backend):
     def _do_remove_trigger(self, request_id: str) -> bool:
         parameters = {"prefix": self.prefix, "request_id": request_id}
         return self._rowcount("remove_trigger", self.statements().remove_trigger, parameters) > 0
+
+
+def _describe(options: PostgresOptions) -> str:
+    """Return a URL for ``options`` with the password redacted, for ``repr`` and messages."""
+    libpq = options.libpq
+    auth = libpq.get("user", "") + (":***" if options.password is not None else "")
+    hosts = libpq.get("host", "")
+    if "port" in libpq and "," not in hosts:
+        hosts += f":{libpq['port']}"
+    return f"postgresql://{auth + '@' if auth else ''}{quote(hosts, safe=':,')}/{libpq.get('dbname', '')}"
 
 
 def _json_object(text: str) -> dict[str, Any]:

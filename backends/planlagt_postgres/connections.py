@@ -34,7 +34,7 @@ from .options import DEFAULT_KEEPALIVES, PostgresOptions
 from .schema import ensure_schema
 from .watchdog import Watchdog
 
-__all__ = ["MARKER_SETTING", "ConnectionPool", "Session"]
+__all__ = ["MARKER_SETTING", "ConnectionPool", "Session", "keep_inherited"]
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ SELECT pg_backend_pid(),
 """
 
 _CHECK_STATEMENT = "SELECT current_setting('planlagt.session', true), pg_backend_pid()"
+
+
+def keep_inherited(connection: psycopg.Connection) -> None:
+    """Keep a connection inherited from the parent process referenced, and never close it here."""
+    _INHERITED.append(connection)
 
 
 @dataclass

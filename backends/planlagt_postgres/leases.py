@@ -37,7 +37,7 @@ import psycopg
 from planlagt_core.backend import Lease, LeaseInfo, new_owner_token, renewed
 from planlagt_core.errors import BackendError, LeaseLost
 
-from .connections import ConnectionPool, Session
+from .connections import ConnectionPool, Session, keep_inherited
 from .errors import pooling_error
 from .keys import pg_locks_ids
 from .statements import Statements
@@ -326,9 +326,10 @@ class LeaseManager:
     def _check_fork(self) -> None:
         if self._pid == os.getpid():
             return
-        # The parent's lock sessions belong to the parent: the child holds none of them.
+        # The parent's lock sessions belong to the parent: the child holds none of them,
+        # and must not close them, which would end the parent's sessions.
         for held in self._held.values():
-            self._pool.discard(held.session)
+            keep_inherited(held.session.connection)
         self._held = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
