@@ -69,7 +69,7 @@ class EtcdBackend(Backend):
     schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcds")
     client_library: ClassVar[str] = "etcd-sdk-python"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        min_ttl_s=DEFAULT_MIN_TTL_S,
+        min_ttl_s=float(DEFAULT_MIN_TTL_S),
         ttl_granularity_s=1.0,
         durable_fencing_tokens=True,
         session_bound_leases=False,
@@ -87,7 +87,7 @@ class EtcdBackend(Backend):
         self.options = options
         if options.min_ttl_s != DEFAULT_MIN_TTL_S:
             # The server's minimum applies to this backend object only; the class keeps etcd's default.
-            self.capabilities = replace(type(self).capabilities, min_ttl_s=options.min_ttl_s)  # type: ignore[misc]
+            self.capabilities = replace(type(self).capabilities, min_ttl_s=float(options.min_ttl_s))  # type: ignore[misc]
         self.keys = KeyLayout(options.prefix)
 
         self._connection = EtcdConnection(options, self.url)

@@ -13,9 +13,11 @@ and works around three of its behaviours:
 - Its single-endpoint client marks the endpoint failed for 300 s after any error and then
   refuses every request. Here each endpoint is marked failed for
   :data:`ENDPOINT_RETRY_S` at most, and never when it is the only one.
-- It retries nothing. Neither does this module (apart from the token renewal): after a
-  failed request the next request goes to the next endpoint that has not just failed,
-  and the caller decides whether to try again.
+- It retries nothing. This module repeats a request only where etcd cannot have run it:
+  after the token renewal, and on the next endpoint when gRPC could not connect to the
+  current one (at most once per endpoint). After any other failure the next request goes
+  to the next endpoint that has not just failed, and the caller decides whether to try
+  again.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import grpc
 import pyetcd
 from pyetcd import etcdrpc
 
-from planlagt_core.errors import BackendError, ConfigurationError
+from planlagt_core.errors import BackendError, BackendUnavailable, ConfigurationError
 
-from .errors import UNKNOWN_OUTCOME_CODES, TokenExpired, translate_errors
+from .errors import UNKNOWN_OUTCOME_CODES, TokenExpired, never_sent, translate_errors
 from .options import EtcdOptions
 
 __all__ = ["ENDPOINT_RETRY_S", "EtcdConnection"]
@@ -84,7 +86,24 @@ class EtcdConnection:
         return None if endpoint is None else str(endpoint.netloc)
 
     def run(self, operation: str, call: Callable[[pyetcd.MultiEndpointEtcd3Client], T]) -> T:
-        """Return ``call(client)``, with client errors translated as ``translate_errors`` describes."""
+        """Return ``call(client)``, with client errors translated as ``translate_errors`` describes.
+
+        A request that could not be sent because the endpoint refused the connection goes
+        to the next endpoint, once per endpoint of the URL.
+        """
+        for _ in range(len(self._options.endpoints) - 1):
+            try:
+                return self._run_authenticated(operation, call)
+            except BackendUnavailable as exc:
+                if not never_sent(exc):
+                    raise
+                LOG.warning(
+                    "etcd endpoint %s of %s cannot be reached during %s; sending it to the next endpoint",
+                    self.endpoint_in_use, self._url, operation,
+                )  # fmt: skip
+        return self._run_authenticated(operation, call)
+
+    def _run_authenticated(self, operation: str, call: Callable[[pyetcd.MultiEndpointEtcd3Client], T]) -> T:
         client = self._ensure_client(operation)
         token = client.metadata
         try:

@@ -18,7 +18,7 @@ from pyetcd import exceptions as etcd_exceptions
 
 from planlagt_core.errors import BackendError, BackendUnavailable
 
-__all__ = ["LeaseNotFound", "TokenExpired", "invalid_data", "server_message", "translate_errors"]
+__all__ = ["LeaseNotFound", "TokenExpired", "invalid_data", "never_sent", "server_message", "translate_errors"]
 
 UNKNOWN_OUTCOME_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
@@ -29,6 +29,7 @@ UNKNOWN_OUTCOME_ERRORS = (
     etcd_exceptions.InternalServerError,
     etcd_exceptions.NoServerAvailableError,
 )
+NOT_CONNECTED_MESSAGE = "failed to connect to all addresses"
 INVALID_TOKEN_MESSAGE = "invalid auth token"
 LEASE_NOT_FOUND_MESSAGE = "requested lease not found"
 
@@ -47,6 +48,22 @@ def server_message(exc: BaseException) -> str:
         if isinstance(candidate, grpc.RpcError) and hasattr(candidate, "code"):
             return f"{candidate.code().name}: {candidate.details()}"
     return str(exc) or type(exc).__name__
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Return whether ``exc`` comes from a request gRPC never sent, because it could not connect.
+
+    gRPC (checked with grpcio 1.85) fails such requests with UNAVAILABLE and the message
+    "failed to connect to all addresses"; they can be sent to another endpoint safely.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, grpc.RpcError) and hasattr(current, "code"):
+            return current.code() == grpc.StatusCode.UNAVAILABLE and NOT_CONNECTED_MESSAGE in (current.details() or "")
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @contextlib.contextmanager
