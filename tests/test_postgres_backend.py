@@ -762,18 +762,45 @@ def test_paused_holder_loses_lease(running_server: PostgresServer, backend: Post
 
 
 @pytest.mark.postgres
+def test_killed_holder_keeps_key_until_ttl(running_server: PostgresServer, backend: PostgresBackend):
+    ttl_s = 2.0
+    url = with_options(running_server.url, prefix=backend.prefix)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, url, str(ttl_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        acquired = json.loads(holder.stdout.readline())
+        acquired_at = time.monotonic()
+        assert acquired["token"] is not None
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # The kernel closed the holder's connection, so the server ended its session and lock at once.
+    assert backend.acquire("paused-job", LONG_TTL_S) is None, "a crashed holder's key was free before its TTL"
+    info = backend.inspect("paused-job")
+    assert info is not None
+    assert info.token == acquired["token"]
+    taken, taken_at = acquire_when_free(backend, "paused-job", ttl_s + EXPIRY_TOLERANCE_S + 5)
+    elapsed = taken_at - acquired_at
+    assert elapsed >= ttl_s - EARLY_SLACK_S, f"key of a killed holder was free after {elapsed:.3f} s"
+    assert elapsed <= ttl_s + EXPIRY_TOLERANCE_S, f"key of a killed holder was free only after {elapsed:.3f} s"
+    assert taken.token > acquired["token"]
+
+
+@pytest.mark.postgres
 def test_terminated_lock_connection_loses_lease(
     backend: PostgresBackend, other: PostgresBackend, running_server: PostgresServer
 ):
-    lease = backend.acquire("report", LONG_TTL_S)
+    ttl_s = 2.0
+    lease = backend.acquire("report", ttl_s)
     assert lease is not None
     backend.begin_attempt(lease, "report", FIRE_TIME, max_attempts=3, keep_s=KEEP_S)
+    last_renewal = time.monotonic()
 
     terminate(running_server, lock_session_pid(backend, "report"))
 
-    assert backend.inspect("report") is None
-    successor = other.acquire("report", LONG_TTL_S)
-    assert successor is not None
     with pytest.raises(LeaseLost):
         backend.renew(lease)
     with pytest.raises(LeaseLost):
@@ -781,7 +808,14 @@ def test_terminated_lock_connection_loses_lease(
     with pytest.raises(LeaseLost):
         backend.begin_attempt(lease, "report", FIRE_TIME, max_attempts=3, keep_s=KEEP_S)
     assert backend.release(lease) is False
+    info = other.inspect("report")
+    assert info is not None, "the key of a lease whose session ended must stay blocked until its TTL runs out"
+    assert (info.token, info.released) == (lease.token, False)
+    assert other.acquire("report", LONG_TTL_S) is None
 
+    successor, taken_at = acquire_when_free(other, "report", ttl_s + EXPIRY_TOLERANCE_S + 5)
+    assert taken_at - last_renewal <= ttl_s + EXPIRY_TOLERANCE_S
+    assert successor.token > lease.token
     state = other.get_fire("report", FIRE_TIME)
     assert state is not None
     assert (state.attempts, state.token) == (1, lease.token)
@@ -845,7 +879,7 @@ def test_running_job_told_within_one_heartbeat(backend: PostgresBackend, running
 
 @pytest.mark.postgres
 def test_restart_ends_leases_and_keeps_tokens(backend: PostgresBackend, running_server: PostgresServer):
-    lease = backend.acquire("report", LONG_TTL_S)
+    lease = backend.acquire("report", TTL_S)
     assert lease is not None
     backend.heartbeat(InstanceInfo("i1", heartbeat_s=1.0), LONG_TTL_S)
 
@@ -853,9 +887,7 @@ def test_restart_ends_leases_and_keeps_tokens(backend: PostgresBackend, running_
 
     with pytest.raises(LeaseLost):
         backend.renew(lease)
-    assert backend.inspect("report") is None
-    successor = backend.acquire("report", LONG_TTL_S)
-    assert successor is not None
+    successor, _ = acquire_when_free(backend, "report", TTL_S + EXPIRY_TOLERANCE_S + 5)
     assert successor.token > lease.token, "fencing tokens must keep increasing across a restart"
     assert [instance.instance_id for instance in backend.list_instances()] == ["i1"]
 
@@ -864,7 +896,7 @@ def test_restart_ends_leases_and_keeps_tokens(backend: PostgresBackend, running_
 def test_paused_server_is_unavailable_then_recovers(running_server: PostgresServer):
     backend = open_backend(running_server.url, socket_timeout="0.5", connect_timeout="1")
     try:
-        lease = backend.acquire("report", LONG_TTL_S)
+        lease = backend.acquire("report", TTL_S)
         assert lease is not None
         backend.inspect("report")
 
@@ -880,7 +912,7 @@ def test_paused_server_is_unavailable_then_recovers(running_server: PostgresServ
             running_server.resume()
 
         assert waited < 5, f"inspect() waited {waited:.1f} s with socket_timeout=0.5"
-        successor = wait_for(lambda: backend.acquire("report", LONG_TTL_S), "the key after the server resumed")
+        successor, _ = acquire_when_free(backend, "report", TTL_S + EXPIRY_TOLERANCE_S + 5)
         assert successor.token > lease.token
     finally:
         backend.close()

@@ -39,11 +39,14 @@ class PostgresBackend(Backend):
     - Mutual exclusion comes from session-level advisory locks (``pg_try_advisory_lock``
       on a 64-bit key, see :mod:`planlagt_postgres.keys`), each held on a connection of
       its own for as long as the lease is held: every held lease uses one connection.
-    - The TTL is the lock session's ``idle_session_timeout``: the server ends a session
-      that sends nothing for the TTL, and its lock with it. Every renewal is a request on
-      that session, so it restarts the timer. A key is free at the latest one TTL after
-      the holder's last request ended, plus the time the server takes to end the session
-      and the contender's polling interval.
+    - The TTL is enforced twice, both on the server. The lock session's
+      ``idle_session_timeout`` is the TTL, so the server ends a session that sends nothing
+      for that long, and its lock with it; every renewal is a request on that session. The
+      lease row stores ``now()`` plus the TTL, and acquisition refuses a key whose row has
+      not expired, so a session that ends early (crash, broken connection, server restart)
+      does not free the key before its TTL. Worst-case takeover after the holder's last
+      renewal: the TTL, plus the time the server takes to end the session, plus the
+      contender's polling interval.
     - A lease is never at risk: when a renewal cannot reach the server, its connection is
       closed, and a closed session can never be proven to hold the lock again, so the
       renewal raises ``LeaseLost`` at once. So does a renewal after
@@ -52,9 +55,8 @@ class PostgresBackend(Backend):
     - The tables are created on first use in ``schema`` (default: the first existing
       schema of the ``search_path``); every row carries the prefix. Every expiry is
       decided with the server's ``now()``.
-    - ``close()`` ends the lock sessions of leases still held. So that their keys stay
-      blocked until their TTL would have run out, it first marks each lease row kept as
-      released until then; :meth:`inspect` shows such a key as released.
+    - ``close()`` closes the connections of leases still held; their keys stay blocked
+      until their TTL runs out.
     - Poolers in transaction or statement mode are detected on first use and rejected
       with :class:`~planlagt_postgres.errors.TransactionPoolingError`.
 
@@ -98,7 +100,10 @@ class PostgresBackend(Backend):
         return cls(parse_postgres_url(url), url=url.redacted())
 
     def close(self) -> None:
-        """End lock sessions (see the class docstring) and close connections. Later calls raise ``BackendError``."""
+        """Close every connection; keys of leases still held stay blocked until their TTL runs out.
+
+        Later calls raise ``BackendError``.
+        """
         with self._close_lock:
             if self._closed:
                 return

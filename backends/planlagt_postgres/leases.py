@@ -10,8 +10,14 @@ with ``pg_advisory_unlock_all()`` before they return to the pool.
 A renewal is a cheap ``UPDATE`` on the lease's connection, which restarts the server's
 idle timer. When the holder stops sending requests (a hung or paused process, a host that
 vanished), the server ends the session once it has been idle for the TTL, and the lock goes
-with it. A lease whose connection is gone is lost at once: the lock belonged to that
-session, and a new connection never holds it.
+with it. A lease whose connection is gone is lost at once for its holder: the lock belonged
+to that session, and a new connection never holds it.
+
+The lease row also records the expiry on the server's clock (``now()`` plus the TTL, at
+acquisition and at every renewal). A session that ends early (the holder crashed, its
+connection broke, the server restarted) frees the lock at once, but acquisition refuses
+the key while the row says the lease has not expired. So a key is never free sooner than
+one TTL after the holder's last renewal, unless the holder released it.
 
 Fenced writes run on the lease's own connection, inside a transaction whose first
 statement checks, in ``pg_locks`` and the lease row, that this very session holds the
@@ -49,9 +55,6 @@ LOG = logging.getLogger(__name__)
 MS_PER_S = 1000
 MIN_RENEW_TIMEOUT_S = 0.5
 """Shortest deadline for a renewal, even when the lease has less time left than this."""
-
-HANDOVER_TIMEOUT_S = 2.0
-"""Longest wait, per lease, for the request that keeps a key blocked when the backend closes."""
 
 
 def to_ms(seconds: float) -> int:
@@ -335,12 +338,10 @@ class LeaseManager:
         self._pid = os.getpid()
 
     def close(self) -> None:
-        """End every lock session, keeping each key blocked until its lease would have expired.
+        """Close the connection of every lease still held, which ends its session and frees its lock.
 
-        Closing a connection ends its session and frees its lock at once, earlier than the
-        contract's "leases expire on the server". So each lease row is first marked kept
-        as released until its recorded expiry, which blocks the key for the rest of its TTL.
-        When that request fails, the session is closed anyway.
+        The lease rows stay, so each key remains blocked until its TTL runs out, as if the
+        holder had stopped renewing.
         """
         self._check_fork()
         with self._lock:
@@ -348,12 +349,5 @@ class LeaseManager:
             self._held = {}
         for held in sessions:
             with held.lock:
-                if held.ended:
-                    continue
                 held.ended = True
-                with (
-                    contextlib.suppress(BackendError),
-                    self._pool.request(held.session, "close", HANDOVER_TIMEOUT_S) as connection,
-                ):
-                    connection.execute(self._statements().keep_until_expiry, held.parameters(self._prefix))
                 self._pool.discard(held.session)

@@ -26,7 +26,7 @@ LOCK_HELD = """EXISTS (
 
 # Parameters: %(prefix)s, %(key)s, %(owner)s, %(token)s and those of LOCK_HELD.
 HELD_BY_THIS_SESSION = f"""prefix = %(prefix)s AND key = %(key)s AND owner = %(owner)s AND token = %(token)s
-    AND NOT released AND pid = pg_backend_pid() AND {LOCK_HELD}"""
+    AND NOT released AND expires_at > now() AND pid = pg_backend_pid() AND {LOCK_HELD}"""
 
 TEXTS: dict[str, str] = {
     # Parameters: %(marker)s (this connection's marker), %(lock_key)s, %(ttl_ms)s.
@@ -55,14 +55,17 @@ TEXTS: dict[str, str] = {
                set_config('idle_in_transaction_session_timeout', '0', false)""",
     # Run by the session that has just taken the advisory lock.
     # Parameters: %(prefix)s, %(key)s, %(owner)s, %(holder)s, %(ttl_ms)s.
-    # Returns the new fencing token, or no row when the key is kept after a release.
+    # Returns the new fencing token, or no row when the key is still blocked: kept after a
+    # release, or held by a lease whose session ended (crash, lost connection, server
+    # restart) before its TTL ran out.
     "issue_lease": """
-        WITH kept AS (
+        WITH blocked AS (
             SELECT 1 FROM {leases}
-            WHERE prefix = %(prefix)s AND key = %(key)s AND released AND kept_until > now()
+            WHERE prefix = %(prefix)s AND key = %(key)s
+              AND CASE WHEN released THEN kept_until > now() ELSE expires_at > now() END
         ), issued AS (
             INSERT INTO {fencing_tokens} AS t (prefix, key, last_token)
-            SELECT %(prefix)s, %(key)s, 1 WHERE NOT EXISTS (SELECT 1 FROM kept)
+            SELECT %(prefix)s, %(key)s, 1 WHERE NOT EXISTS (SELECT 1 FROM blocked)
             ON CONFLICT (prefix, key) DO UPDATE SET last_token = t.last_token + 1
             RETURNING last_token
         )
@@ -91,20 +94,15 @@ TEXTS: dict[str, str] = {
     "delete_lease": f"""
         DELETE FROM {{leases}} WHERE {HELD_BY_THIS_SESSION}
         RETURNING 1""",
-    # Parameters: those of HELD_BY_THIS_SESSION.
-    # Turns a held lease into one kept as released until its expiry: used when a backend is
-    # closed, so the key stays blocked for the rest of the TTL although the session ends.
-    "keep_until_expiry": f"""
-        UPDATE {{leases}} SET released = true, kept_until = expires_at
-        WHERE {HELD_BY_THIS_SESSION} AND expires_at > now()""",
     # Parameters: %(prefix)s, %(key)s, %(classid)s, %(objid)s.
-    # Returns token, holder, released, seconds left, and whether the lease is live: held by
-    # the session named in the row, or kept after release and not yet past kept_until.
+    # Returns token, holder, released, seconds left, and whether the lease is live: kept
+    # after release and not yet past kept_until, or not past its expiry, or still locked by
+    # the session named in the row.
     "inspect": """
         SELECT l.token, l.holder, l.released,
                extract(epoch FROM (CASE WHEN l.released THEN l.kept_until ELSE l.expires_at END) - now())::float8,
                CASE WHEN l.released THEN l.kept_until > now()
-                    ELSE EXISTS (
+                    ELSE l.expires_at > now() OR EXISTS (
                         SELECT 1 FROM pg_locks
                         WHERE locktype = 'advisory' AND granted AND pid = l.pid
                           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
