@@ -11,7 +11,7 @@ import cron
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Answer every request with this worker's pid and its scheduler's health."""
+    """Return this worker's pid and its scheduler's health, whatever the path."""
     scheduler = cron.scheduler
     healthy = scheduler is not None and scheduler.healthy()
     body = json.dumps({"pid": os.getpid(), "scheduler_healthy": healthy}).encode() + b"\n"

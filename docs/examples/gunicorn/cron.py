@@ -7,13 +7,10 @@ host, so each fire time runs in one worker only.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from planlagt_core.context import RunContext
 from planlagt_core.scheduler import Scheduler
-
-LOG = logging.getLogger(__name__)
 
 TICK_SCHEDULE = os.environ.get("TICK_SCHEDULE", "* * * * *")
 """Every minute; the tests use a schedule with seconds, such as ``*/2 * * * * *``."""

@@ -1,4 +1,4 @@
-"""What not to do: start the scheduler when the application module is imported.
+"""A mistake to avoid: starting the scheduler when the application module is imported.
 
 With ``gunicorn --preload`` this module is imported once, in the master, before the
 workers are forked. The scheduler's threads then run in the master, and the copy each

@@ -2,7 +2,7 @@
 
 Each pod runs ``planlagt run cron:scheduler --metrics-port 9090 --metrics-host 0.0.0.0``.
 On SIGTERM the scheduler stops claiming fire times and lets running jobs finish for
-``SHUTDOWN_GRACE_S`` seconds; the pod's ``terminationGracePeriodSeconds`` must be longer,
+``SHUTDOWN_GRACE_S`` seconds. The pod's ``terminationGracePeriodSeconds`` must be longer,
 or the kubelet kills the job with SIGKILL first.
 """
 
