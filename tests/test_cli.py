@@ -185,22 +185,7 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="planlagt conformance --help exits 2: the top-level parser rejects --help before "
-                "the conformance parser sees it",
-            ),
-        )
-        if name == "conformance"
-        else name
-        for name in SUBCOMMANDS
-    ],
-)
+@pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_subcommand_help_exits_zero(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     screen = help_screen(name, capsys=capsys)
 
