@@ -31,10 +31,10 @@ CONTRACT_CASES = "planlagt_conformance.cases"
 SCHEDULER_CASES = "planlagt_conformance.scheduler_cases"
 
 CASE_TIMEOUT_S = 180
-"""Longest one case may run in the child process before pytest-timeout ends it."""
+"""Maximum time one case may run in the child process before pytest-timeout ends it."""
 
 RUN_TIMEOUT_S = 600.0
-"""Longest one child run may take: about 30 s for the contract cases, about two minutes for the scheduler cases."""
+"""Maximum time of one child run: it takes about 30 s for the contract cases, two minutes for the scheduler cases."""
 
 NOT_MANAGED = "is not managed by this test run"
 MAX_MESSAGE_CHARS = 6000
@@ -120,8 +120,12 @@ def read_junit(path: Path) -> list[CaseResult]:
     for case in ElementTree.parse(path).getroot().iter("testcase"):
         problems = [child for child in case if child.tag in ("failure", "error")]
         skips = [child for child in case if child.tag == "skipped"]
-        found = problems[0] if problems else skips[0] if skips else None
-        outcome = "failed" if problems else "skipped" if skips else "passed"
+        if problems:
+            outcome, found = "failed", problems[0]
+        elif skips:
+            outcome, found = "skipped", skips[0]
+        else:
+            outcome, found = "passed", None
         message = "" if found is None else (found.get("message") or found.text or "")
         results.append(CaseResult(name=case.get("name", "?"), outcome=outcome, message=message))
     return results

@@ -1,10 +1,11 @@
 """PostgreSQL-specific tests of the PostgreSQL backend, against real ``postgres`` and ``pgbouncer`` processes.
 
-Generic contract cases live in the conformance suite. These cover what only PostgreSQL has:
-URL forms and libpq options, schemas and prefixes, passwords and their redaction, the
-64-bit advisory lock keys and their collisions, one connection per lease, the idle-session
-TTL (a paused holder, a terminated connection), server restarts and pauses, tables created
-on first use by several processes at once, the server clock, and PgBouncer.
+Generic contract cases live in the conformance suite. These cover what only PostgreSQL has.
+Among them: URL forms and libpq options, schemas and prefixes, passwords and their
+redaction, the 64-bit advisory lock keys and their collisions, and one connection per
+lease. Also the TTL (a paused or killed holder, a terminated connection), server restarts
+and pauses, tables created on first use by several processes at once, the server clock,
+and PgBouncer.
 
 The tests start their own server (``initdb`` from the Debian ``postgresql`` package) and
 fail without one, because most need a superuser connection or a server they can restart.
@@ -903,7 +904,7 @@ def test_paused_server_is_unavailable_then_recovers(running_server: PostgresServ
         running_server.pause()
         try:
             started = time.monotonic()
-            with pytest.raises(BackendUnavailable, match="did not answer"):
+            with pytest.raises(BackendUnavailable, match="did not respond"):
                 backend.inspect("report")
             waited = time.monotonic() - started
             with pytest.raises(LeaseLost):

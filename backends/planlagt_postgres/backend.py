@@ -41,7 +41,7 @@ class PostgresBackend(Backend):
       its own for as long as the lease is held: every held lease uses one connection.
     - The TTL is enforced twice, both on the server. The lock session's
       ``idle_session_timeout`` is the TTL, so the server ends a session that sends nothing
-      for that long, and its lock with it; every renewal is a request on that session. The
+      for that long, and its lock with it. Every renewal is a request on that session. The
       lease row stores ``now()`` plus the TTL, and acquisition refuses a key whose row has
       not expired, so a session that ends early (crash, broken connection, server restart)
       does not free the key before its TTL. Worst-case takeover after the holder's last

@@ -32,7 +32,7 @@ from planlagt_core.errors import BackendError, BackendUnavailable
 from .errors import MIN_SERVER_VERSION, connect_error, pooling_error, too_old_error, translate_errors
 from .options import DEFAULT_KEEPALIVES, PostgresOptions
 from .schema import ensure_schema
-from .watchdog import Watchdog
+from .watchdog import Watch, Watchdog
 
 __all__ = ["MARKER_SETTING", "ConnectionPool", "Session", "keep_inherited"]
 
@@ -47,10 +47,14 @@ MS_PER_S = 1000
 # child never closes them, which would end the parent's sessions.
 _INHERITED: list[psycopg.Connection] = []
 
+# Run once per new connection: the marker, a server-side bound on every statement
+# (socket_timeout), and the server's TCP keepalives and user timeout, so the server drops
+# the connection of a client host that vanished.
 _OPEN_STATEMENT = """
 SELECT pg_backend_pid(),
        set_config('planlagt.session', %(marker)s, false),
        set_config('statement_timeout', %(statement_ms)s, false),
+       set_config('tcp_user_timeout', %(statement_ms)s, false),
        set_config('tcp_keepalives_idle', %(keepalives_idle)s, false),
        set_config('tcp_keepalives_interval', %(keepalives_interval)s, false),
        set_config('tcp_keepalives_count', %(keepalives_count)s, false)
@@ -146,18 +150,18 @@ class ConnectionPool:
         deadline has its connection cut and raises ``BackendUnavailable``.
         """
         timeout = self.options.socket_timeout_s if timeout_s is None else timeout_s
-        with self.watchdog.watch(session.connection.fileno(), timeout) as watch:
-            try:
-                with translate_errors(self.url, operation):
-                    yield session.connection
-            except BackendUnavailable as exc:
-                if watch.expired:
-                    raise BackendUnavailable(
-                        f"PostgreSQL at {self.url} did not answer {operation} within {timeout:g} s "
-                        "(socket_timeout); the connection was closed and the outcome is unknown",
-                        backend=self.url,
-                    ) from exc.__cause__
-                raise
+        watch: Watch | None = None
+        try:
+            with translate_errors(self.url, operation), self.watchdog.watch(session.connection, timeout) as watch:
+                yield session.connection
+        except BackendUnavailable as exc:
+            if watch is not None and watch.expired:
+                raise BackendUnavailable(
+                    f"{operation} timed out: PostgreSQL at {self.url} did not respond within {timeout:g} s "
+                    "(socket_timeout); the connection was closed and the outcome is unknown",
+                    backend=self.url,
+                ) from exc.__cause__
+            raise
 
     # -- Opening ----------------------------------------------------------------------
 
@@ -278,7 +282,7 @@ class ConnectionPool:
 
 
 def _looks_alive(connection: psycopg.Connection) -> bool:
-    """Return False for a connection that psycopg knows is broken or that has unread input.
+    """Return False for a connection that psycopg has marked broken or that has unread input.
 
     An idle connection receives nothing unless the server ended the session (a FATAL
     message, then end of file), so readable input means it is dead. This costs no round trip.

@@ -123,7 +123,7 @@ def connect_error(backend_url: str, exc: psycopg.Error) -> BackendError:
 def invalid_data(backend_url: str, what: str, table: str, exc: Exception) -> BackendError:
     """Return the error for a row that does not hold the JSON planlagt writes."""
     return BackendError(
-        f"PostgreSQL at {backend_url} holds invalid {what} in table {table}: {exc}; "
+        f"PostgreSQL at {backend_url} contains invalid {what} in table {table}: {exc}; "
         "another program may be writing to planlagt's tables",
         backend=backend_url,
     )

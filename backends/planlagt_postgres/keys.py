@@ -1,8 +1,8 @@
 """Advisory lock keys: PostgreSQL's single 64-bit form, derived from the schema, prefix and lease key.
 
 Collisions. The key is the first 8 bytes of a SHA-256 digest, so two distinct names
-share a key with probability 2^-64, and among n names some pair does with probability
-about n² / 2^65: about 3 in 10^8 for a million names. A collision never lets two
+share a key with probability 2^-64. Among n names some pair does with probability of
+about n² / 2^65, which is about 3 in 10^8 for a million names. A collision never lets two
 holders hold one lease. The lease row, the fencing token and every fenced write are
 keyed by the full lease key, and each lease holds its advisory lock on a connection of
 its own, so two lease keys that share an advisory key only exclude each other: while

@@ -15,8 +15,8 @@ to that session, and a new connection never holds it.
 
 The lease row also records the expiry on the server's clock (``now()`` plus the TTL, at
 acquisition and at every renewal). A session that ends early (the holder crashed, its
-connection broke, the server restarted) frees the lock at once, but acquisition refuses
-the key while the row says the lease has not expired. So a key is never free sooner than
+connection broke, the server restarted) frees the lock at once, but acquisition rejects
+the key until the expiry stored in the row has passed. So a key is never free sooner than
 one TTL after the holder's last renewal, unless the holder released it.
 
 Fenced writes run on the lease's own connection, inside a transaction whose first

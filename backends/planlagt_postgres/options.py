@@ -8,12 +8,15 @@ Forms::
 A host may be a Unix socket directory, percent-encoded (``postgresql://%2Fvar%2Frun%2Fpostgresql/app``)
 or given as the ``host`` option. Several hosts are tried in order, as libpq does.
 
-planlagt's own options: ``prefix`` (isolates applications sharing tables, default
-``planlagt``), ``schema`` (schema of the tables, default the first existing schema of the
-``search_path``), ``password_file`` (read the password from a file), ``socket_timeout``
-(seconds a request may take before the client gives up, default 10), ``connect_timeout``
-(seconds, default 5; libpq rounds it up to whole seconds, at least 2) and
-``max_idle_connections`` (connections kept open for reuse, default 4).
+planlagt's own options:
+
+- ``prefix``: isolates applications sharing tables (default ``planlagt``).
+- ``schema``: schema of the tables (default the first existing schema of the ``search_path``).
+- ``password_file``: file to read the password from.
+- ``socket_timeout``: seconds a request may take before the client gives up (default 10).
+- ``connect_timeout``: seconds to open a connection (default 5). libpq rounds it up to
+  whole seconds, at least 2.
+- ``max_idle_connections``: connections kept open for reuse (default 4).
 
 Every other option in :data:`LIBPQ_OPTIONS` is handed to libpq unchanged, for example
 ``sslmode``, ``sslrootcert``, ``options`` and ``target_session_attrs``.
@@ -147,7 +150,7 @@ OWN_OPTIONS: dict[str, Callable[[str], Any]] = {
 class PostgresOptions:
     """Everything needed to connect and to lay out the tables. ``repr()`` leaves out the password.
 
-    ``libpq`` holds the libpq connection parameters (host, port, dbname, user, TLS and the
+    ``libpq`` contains the libpq connection parameters (host, port, dbname, user, TLS and the
     rest) without the password. ``socket_timeout_s`` bounds every request on the client
     side; ``connect_timeout_s`` bounds opening a connection.
     """

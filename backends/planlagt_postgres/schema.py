@@ -126,7 +126,7 @@ class Tables:
 def ensure_schema(connection: psycopg.Connection, schema: str, url: str) -> None:
     """Create the schema and tables unless they exist at the current version. Idempotent.
 
-    When the version table already holds :data:`SCHEMA_VERSION`, nothing else runs, so a
+    When the version table already contains :data:`SCHEMA_VERSION`, nothing else runs, so a
     user without CREATE privilege can use tables an administrator created. Otherwise the
     tables are created inside one transaction holding a transaction-level advisory lock
     for the schema, so processes starting at once on an empty database create them one
@@ -172,7 +172,7 @@ def _stored_version(connection: psycopg.Connection, schema: str) -> int | None:
 
 def _newer_version_error(schema: str, found: int, url: str) -> BackendError:
     return BackendError(
-        f"PostgreSQL schema {schema!r} at {url} holds planlagt tables of layout version {found}, newer than "
+        f"PostgreSQL schema {schema!r} at {url} contains planlagt tables of layout version {found}, newer than "
         f"version {SCHEMA_VERSION} that this planlagt understands; upgrade planlagt",
         backend=url,
     )

@@ -1,8 +1,8 @@
 """A client-side deadline for requests on psycopg connections.
 
-psycopg's synchronous connections wait for the server's answer without a time limit, and
+psycopg's synchronous connections wait for the server's response without a time limit.
 libpq's TCP settings do not help when the server's host still acknowledges packets but
-the server does not answer (a frozen process, a stalled disk). The :class:`Watchdog`
+the server does not respond (a frozen process, a stalled disk). The :class:`Watchdog`
 thread shuts down the socket of a request that passes its deadline. libpq then reads end
 of file, psycopg raises ``OperationalError`` and marks the connection broken, and the
 caller learns that the request timed out. The connection cannot be used again.
@@ -18,8 +18,11 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import psycopg
 
 __all__ = ["Watch", "Watchdog"]
 
@@ -53,15 +56,17 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        _WATCHDOGS.add(self)
 
     @contextlib.contextmanager
-    def watch(self, fileno: int, timeout_s: float) -> Iterator[Watch]:
-        """Cut the socket ``fileno`` if the block has not finished within ``timeout_s`` seconds.
+    def watch(self, connection: psycopg.Connection, timeout_s: float) -> Iterator[Watch]:
+        """Cut the socket of ``connection`` if the block has not finished within ``timeout_s`` seconds.
 
-        The caller must keep the connection open until the block ends, so the descriptor
-        cannot be reused by another file meanwhile.
+        The caller must keep the connection open until the block ends, so its descriptor
+        cannot be reused by another file meanwhile. Raises ``psycopg.OperationalError``
+        when the connection is already closed.
         """
-        entry = Watch(fileno=fileno, deadline=time.monotonic() + timeout_s)
+        entry = Watch(fileno=connection.fileno(), deadline=time.monotonic() + timeout_s)
         with self._condition:
             self._start_if_needed()
             heapq.heappush(self._heap, (entry.deadline, next(self._counter), entry))
@@ -83,12 +88,17 @@ class Watchdog:
         if thread is not None and thread is not threading.current_thread():
             thread.join(JOIN_TIMEOUT_S)
 
+    def reset_after_fork(self) -> None:
+        """Forget the parent's thread and requests in a forked child; the child starts its own thread."""
+        # The parent's thread may have held the condition's lock at fork time, so it is replaced.
+        self._condition = threading.Condition()
+        self._heap = []
+        self._thread = None
+        self._pid = os.getpid()
+
     def _start_if_needed(self) -> None:
         if self._pid != os.getpid():
-            # Threads do not survive fork(): the child needs its own.
-            self._pid = os.getpid()
-            self._thread = None
-            self._heap = []
+            self.reset_after_fork()
         if self._thread is None and not self._closed:
             self._thread = threading.Thread(
                 target=self._run, name=f"planlagt-postgres-watchdog-{self._name}", daemon=True
@@ -121,3 +131,15 @@ class Watchdog:
             return
         with socket.socket(fileno=duplicate) as sock, contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOGS: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+
+
+def _reset_watchdogs_after_fork() -> None:
+    for watchdog in list(_WATCHDOGS):
+        watchdog.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_watchdogs_after_fork)

@@ -7,8 +7,8 @@ as an unprivileged user (``postgres`` when the Debian package created it, else
 ``nobody``) through ``setpriv``, which replaces itself with the program, so the process
 the harness starts is the server itself.
 
-:class:`PgBouncerServer` runs ``pgbouncer`` in front of a :class:`PostgresServer`, in the
-pool mode and with the pool size a test asks for.
+:class:`PgBouncerServer` runs ``pgbouncer`` in front of a :class:`PostgresServer`, with the
+pool mode and pool size a test requests.
 
 :func:`postgres_url` and :func:`get_postgres_url` pick the server for a test run: the URL
 in ``PLANLAGT_TEST_POSTGRES_URL`` when it is set, else a server started here.
@@ -154,9 +154,9 @@ class PostgresServer(ManagedServer):
 
     Roles: :data:`ADMIN_USER` (superuser) and :data:`TEST_USER` log in without a password
     on loopback; :data:`PASSWORD_USER` must give :attr:`password`. :data:`DATABASE` is
-    owned by :data:`TEST_USER`. ``stop()`` asks for a fast shutdown (SIGINT), which ends
-    every session; ``pause()`` freezes the postmaster and every backend process, so open
-    connections get no response; ``kill()`` ends them all with SIGKILL, as a crash would.
+    owned by :data:`TEST_USER`. ``stop()`` requests a fast shutdown (SIGINT), which ends
+    every session. ``pause()`` freezes the postmaster and every backend process, so open
+    connections get no response. ``kill()`` ends them all with SIGKILL, as a crash would.
     """
 
     name = "postgres"
