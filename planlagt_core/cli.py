@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .cli_metrics import add_metrics_options, start_metrics
 from .cli_operator import add_operator_commands
 from .errors import ConfigurationError, PlanlagtError
 from .plugins import DEFAULT_URL, list_plugins
@@ -85,6 +86,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _backend_option(parser)
     parser.add_argument("--instance-id", metavar="ID", help="this instance's id (default: hostname-pid-random)")
+    add_metrics_options(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -97,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     scheduler = _load_target(args.target)
     if not isinstance(scheduler, Scheduler):
         raise ConfigurationError(f"{args.target} is a {type(scheduler).__name__}, not a planlagt Scheduler")
-    scheduler.run()
+    with start_metrics(args, scheduler):
+        scheduler.run()
     return 0
 
 

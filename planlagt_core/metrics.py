@@ -220,14 +220,10 @@ class _ClusterSnapshot:
 
 
 def _snapshot(scheduler: Scheduler) -> _ClusterSnapshot:
-    # NOTE: the scheduler has no public accessors for its membership view and lease
-    # renewal count yet. This is the one place that reads its private attributes.
-    membership = scheduler._membership
-    view = membership.view if membership is not None else None
     return _ClusterSnapshot(
-        live=view.live if view is not None else (),
-        owners=dict(view.owners) if view is not None else {},
-        renewal_failures=scheduler._keeper.renewal_failures,
+        live=scheduler.live_instances,
+        owners=scheduler.job_owners,
+        renewal_failures=scheduler.lease_renewal_failures,
     )
 
 

@@ -55,6 +55,7 @@ class PendingFire:
     manual: bool = False
     trigger_id: str | None = None
     late_ok: bool = False
+    retry_only: bool = False
 
     @property
     def key(self) -> tuple[str, float]:
@@ -117,6 +118,8 @@ class Runner:
                 return None
             if state is not None and state.attempts:
                 pending = replace(pending, attempted=True)
+            elif pending.retry_only:
+                return None
             elif self._clock.time() > pending.fire_time + pending.job.policy.late_start_window_s(self._max_skew_s):
                 # Taking over an old fire time only to retry an attempt that began. With no
                 # state, it may have completed long ago and its state expired since.

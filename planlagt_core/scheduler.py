@@ -114,7 +114,8 @@ class Scheduler:
         self._owns_backend = not isinstance(backend, Backend)
         self.backend = _resolve_backend(backend)
         self.backend.check_ttl(lease_ttl_s)
-        self.instance_id = instance_id or os.environ.get("PLANLAGT_INSTANCE_ID") or _default_instance_id()
+        self._instance_id_given = instance_id or os.environ.get("PLANLAGT_INSTANCE_ID")
+        self.instance_id = self._instance_id_given or _default_instance_id()
         Backend.check_key(self.backend, self.instance_id)
         self.max_skew_s = max_skew_s
         self.max_workers = max_workers
@@ -134,18 +135,22 @@ class Scheduler:
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._membership: Membership | None = None
-        self._keeper = LeaseKeeper(self.backend, self.clock, self.instance_id)
-        self._runner = Runner(
-            backend=self.backend,
-            clock=self.clock,
-            keeper=self._keeper,
-            listeners=self.listeners,
-            instance_id=self.instance_id,
-            max_skew_s=max_skew_s,
-            call_async=self._call_async,
-        )
+        self._keeper, self._runner = self._build_runner()
         self._timer: FireTimer | None = None
         self.last_backend_contact: float | None = None
+
+    def _build_runner(self) -> tuple[LeaseKeeper, Runner]:
+        keeper = LeaseKeeper(self.backend, self.clock, self.instance_id)
+        runner = Runner(
+            backend=self.backend,
+            clock=self.clock,
+            keeper=keeper,
+            listeners=self.listeners,
+            instance_id=self.instance_id,
+            max_skew_s=self.max_skew_s,
+            call_async=self._call_async,
+        )
+        return keeper, runner
 
     def __repr__(self) -> str:
         return f"<Scheduler {self.instance_id} {self._state} jobs={len(self._jobs)} backend={self.backend.url}>"
@@ -239,6 +244,8 @@ class Scheduler:
         self._check_usable()
         if self._state != "new":
             raise SchedulerError(f"scheduler {self.instance_id} cannot start: it is {self._state}")
+        if os.getpid() != self._pid:
+            self._adopt_process()
         self._register_housekeeping()
         self._state = "running"
         _STARTED.add(self)
@@ -256,6 +263,13 @@ class Scheduler:
             "Scheduler %s started with %d jobs on %s (lease TTL %g s, heartbeat %g s)",
             self.instance_id, len(jobs), self.backend.url, self._defaults.lease_ttl_s, self.heartbeat_s,
         )  # fmt: skip
+
+    def _adopt_process(self) -> None:
+        """Take a new default instance id in a process forked before start, so workers differ."""
+        self._pid = os.getpid()
+        if not self._instance_id_given:
+            self.instance_id = _default_instance_id()
+        self._keeper, self._runner = self._build_runner()
 
     def run(self) -> None:
         """Start, then block until SIGTERM, SIGINT or :meth:`stop`; then shut down gracefully."""
@@ -306,6 +320,26 @@ class Scheduler:
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def live_instances(self) -> tuple[str, ...]:
+        """The live instances as of this instance's last heartbeat, sorted by id."""
+        return () if self._membership is None else self._membership.view.live
+
+    @property
+    def job_owners(self) -> dict[str, str]:
+        """Job name to the instance that owns it, as of this instance's last heartbeat."""
+        return {} if self._membership is None else dict(self._membership.view.owners)
+
+    @property
+    def owned_jobs(self) -> frozenset[str]:
+        """The jobs this instance owns, as of its last heartbeat."""
+        return frozenset() if self._membership is None else self._membership.view.owned
+
+    @property
+    def lease_renewal_failures(self) -> int:
+        """Lease renewals that failed since start (lost and at risk alike)."""
+        return self._keeper.renewal_failures
 
     # -- Operator API --------------------------------------------------------------
 
@@ -399,9 +433,10 @@ class Scheduler:
                 "Heartbeat of instance %s failed; no job starts until the backend is back: %s", self.instance_id, exc
             )
             return
+        first_view = self.last_backend_contact is None
         self.last_backend_contact = self.clock.monotonic()
         if gained:
-            self._catch_up(gained)
+            self._catch_up(gained, retry_only=first_view)
         try:
             self._take_triggers(view.control.triggers)
         except BackendUnavailable as exc:
@@ -469,8 +504,13 @@ class Scheduler:
             earliest = min(p.not_before for p in self._pending.values())
         return earliest - self.clock.time()
 
-    def _catch_up(self, gained: frozenset[str]) -> None:
-        """Queue the recent fire times of jobs this instance just took over, to finish what is open."""
+    def _catch_up(self, gained: frozenset[str], *, retry_only: bool) -> None:
+        """Queue the recent fire times of jobs this instance just took over, to finish what is open.
+
+        With ``retry_only`` (this instance's first view of the cluster), only fire times at
+        which an attempt began are taken up: a newly started instance does not replay the
+        fire times of its late-start window, which may have had no instance at all.
+        """
         now = self.clock.time()
         for name in gained:
             job = self._jobs[name]
@@ -480,7 +520,12 @@ class Scheduler:
                     if key in self._pending or key in self._inflight:
                         continue
                     self._pending[key] = PendingFire(
-                        job=job, fire_time=key[1], not_before=now, reason="takeover", check_first=True
+                        job=job,
+                        fire_time=key[1],
+                        not_before=now,
+                        reason="takeover",
+                        check_first=True,
+                        retry_only=retry_only,
                     )
 
     def _take_triggers(self, triggers: tuple[TriggerRequest, ...]) -> None:
