@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,10 +201,6 @@ class Journal:
     def open_fire_times(self, keys: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
         """Return the keys that have no closing run record yet."""
         return [key for key, tally in self.tally(keys).items() if not tally.closing]
-
-    def interrupted_fire_times(self) -> set[tuple[str, float]]:
-        """Return the keys of fire times at which an attempt was killed or lost its lease."""
-        return {fire_key(attempt.job, attempt.fire_time) for attempt in self.attempts() if attempt.interrupted}
 
     def completions_per_instance(self, keys: Iterable[tuple[str, float]]) -> Counter[str]:
         """Count the successful run records per instance over the fire times in ``keys``."""
@@ -482,7 +478,7 @@ class Scenario:
             names = ", ".join(f"{i.instance_id} (status {i.process.returncode})" for i in crashed)
             raise AssertionError(f"instances exited on their own: {names}\n{self.describe_logs(crashed)}")
 
-    def wait_for(self, condition: Callable[[Journal], T], timeout_s: float, what: str) -> T:
+    def wait_for(self, condition: Callable[[Journal], T | None], timeout_s: float, what: str) -> T:
         """Poll ``condition(journal)`` until it returns a true value; return that value.
 
         Raises ``AssertionError`` naming ``what`` after ``timeout_s``, or at once when an
@@ -499,17 +495,19 @@ class Scenario:
             time.sleep(POLL_INTERVAL_S)
 
     def wait_for_closed(
-        self, keys: list[tuple[str, float]], timeout_s: float, *, excuse_interrupted: bool = False
+        self,
+        keys: list[tuple[str, float]],
+        timeout_s: float,
+        excused: Callable[[Journal], Collection[tuple[str, float]]] | None = None,
     ) -> None:
         """Wait until every fire time in ``keys`` has a closing run record in the journal.
 
-        With ``excuse_interrupted``, fire times at which an attempt was killed or lost its
-        lease need not close.
+        ``excused(journal)`` returns fire times that need not close.
         """
 
         def still_open(journal: Journal) -> list[tuple[str, float]]:
-            excused = journal.interrupted_fire_times() if excuse_interrupted else set()
-            return [key for key in journal.open_fire_times(keys) if key not in excused]
+            skipped = set() if excused is None else set(excused(journal))
+            return [key for key in journal.open_fire_times(keys) if key not in skipped]
 
         try:
             self.wait_for(lambda journal: not still_open(journal), timeout_s, "every fire time in the window to close")

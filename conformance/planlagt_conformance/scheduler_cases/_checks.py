@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from planlagt_conformance.scenario import Attempt, FireTally, Journal, fire_key, iso
 from planlagt_core.backend import Backend
@@ -28,20 +29,17 @@ def check_closed_once(
     tallies: Mapping[tuple[str, float], FireTally],
     *,
     allowed: Collection[str] = ("succeeded",),
-    allowed_per_job: Mapping[str, Collection[str]] | None = None,
     excused: Mapping[tuple[str, float], Collection[str]] | None = None,
 ) -> None:
     """Fail unless every fire time was closed exactly once, with an allowed outcome.
 
-    ``allowed`` applies to every job not named in ``allowed_per_job``. ``excused`` adds
-    outcomes for single fire times; in it, ``open`` allows a fire time with no closing
-    run record.
+    ``excused`` adds outcomes for single fire times; in it, ``open`` allows a fire time
+    with no closing run record.
     """
-    per_job = allowed_per_job or {}
     wrong = []
     for key, tally in tallies.items():
         outcomes = [record["outcome"] for record in tally.closing] or ["open"]
-        expected = {*per_job.get(tally.job, allowed), *(excused or {}).get(key, ())}
+        expected = {*allowed, *(excused or {}).get(key, ())}
         if len(outcomes) != 1 or outcomes[0] not in expected:
             wrong.append(f"{tally.describe()} (expected one of: {', '.join(sorted(expected))})")
     assert not wrong, (
@@ -49,27 +47,67 @@ def check_closed_once(
     )
 
 
-def failover_excuses(journal: Journal, lease_ttl_s: float) -> dict[tuple[str, float], set[str]]:
-    """Return the outcomes the scheduler may give fire times near attempts that were killed or lost their lease.
+def explained_outcomes(
+    journal: Journal, keys: Iterable[tuple[str, float]], *, lease_ttl_s: float, fault_window_s: float
+) -> dict[tuple[str, float], set[str]]:
+    """Return, for fire times in ``keys``, the outcomes other than success that the journal explains.
 
-    The interrupted fire time may close as ``failed``: its retry window ends at the next
-    fire time, one second later for these jobs, before a survivor can take over. It may
-    also stay ``open``. NOTE: no instance retries or closes it when the attempt lost its
-    lease while its instance stayed the job's owner, or when the dead holder's lease was
-    still held as the new owner gave the fire time up. A later fire time of the job may
-    be ``skipped`` while the interrupted attempt's lease is still held on the server,
-    because the overlap policy cannot tell a dead run from a live one.
+    ``skipped`` is explained when another attempt of the job (at an earlier fire time)
+    could hold the job's lease as the skip was recorded: from one TTL before it started
+    (its acquisition) to one TTL after it ended (a lease whose holder died expires by its
+    TTL). The overlap policy skips a fire time whenever the previous run's lease is held,
+    whether that run is slow, started late after a takeover, or is dead.
+
+    ``failed`` and ``open`` (no closing record) are explained at a fire time whose attempt
+    was killed or lost its lease. Leases are lost when the holder dies or freezes, and also
+    when a loaded machine or a slow backend delays a request past the TTL (an acquisition
+    that waited that long for a SQLite write lock is lost on arrival); the scheduler gives
+    the attempt up rather than risk a second run. With one-second schedules the retry
+    window closes before a survivor can take over, so such a fire time closes as
+    ``failed``. NOTE: or it stays open, because no instance retries or closes it when the
+    attempt lost its lease while its instance stayed the job's owner, or when the dead
+    holder's lease was still held as the new owner gave the fire time up.
+
+    A process killed or paused between beginning an attempt and journaling its start
+    leaves no trace of it, so ``failed`` and ``open`` are also explained for fire times
+    of the jobs that process ran, from ``fault_window_s`` before the fault until the fault.
     """
-    excuses: dict[tuple[str, float], set[str]] = defaultdict(set)
-    for attempt in journal.attempts():
-        if not attempt.interrupted:
-            continue
-        excuses[fire_key(attempt.job, attempt.fire_time)].update(("failed", "open"))
-        lease_held_until = (attempt.end_wall or float("inf")) + lease_ttl_s
-        for item in journal.of("finished", job=attempt.job, outcome="skipped"):
-            if attempt.fire_time < item["fire_time"] <= lease_held_until:
-                excuses[fire_key(attempt.job, item["fire_time"])].add("skipped")
-    return excuses
+    wanted = list(keys)
+    explained: dict[tuple[str, float], set[str]] = defaultdict(set)
+    attempts = journal.attempts()
+    for attempt in attempts:
+        if attempt.interrupted:
+            explained[fire_key(attempt.job, attempt.fire_time)].update(("failed", "open"))
+    for key in _near_process_faults(journal, attempts, wanted, fault_window_s):
+        explained[key].update(("failed", "open"))
+    for skip in journal.of("finished", outcome="skipped"):
+        if any(_could_hold_lease(attempt, skip, lease_ttl_s) for attempt in attempts):
+            explained[fire_key(skip["job"], skip["fire_time"])].add("skipped")
+    return {key: explained[key] for key in wanted if key in explained}
+
+
+def _could_hold_lease(attempt: Attempt, skip: dict[str, Any], lease_ttl_s: float) -> bool:
+    """Return whether ``attempt`` could hold its job's lease when ``skip`` was recorded."""
+    held_until = float("inf") if attempt.end_wall is None else attempt.end_wall + lease_ttl_s
+    return (
+        attempt.job == skip["job"]
+        and attempt.fire_time < skip["fire_time"]
+        and attempt.start_wall - lease_ttl_s <= skip["wall"] <= held_until
+    )
+
+
+def _near_process_faults(
+    journal: Journal, attempts: list[Attempt], keys: list[tuple[str, float]], window_s: float
+) -> set[tuple[str, float]]:
+    near: set[tuple[str, float]] = set()
+    for fault in [*journal.of("killed"), *journal.of("paused")]:
+        jobs = {attempt.job for attempt in attempts if attempt.instance == fault["instance"]}
+        near.update(
+            (job, fire_time)
+            for job, fire_time in keys
+            if job in jobs and fault["wall"] - window_s <= fire_time <= fault["wall"]
+        )
+    return near
 
 
 def check_backend_agrees(observer: Backend, tallies: Mapping[tuple[str, float], FireTally]) -> None:
@@ -102,7 +140,7 @@ def check_leases_never_overlap(journal: Journal) -> None:
     by_job: dict[str, list[Attempt]] = defaultdict(list)
     for attempt in journal.attempts():
         by_job[attempt.job].append(attempt)
-    problems = []
+    problems: list[str] = []
     for attempts in by_job.values():
         problems.extend(_overlap_problems(attempts))
     assert not problems, f"attempts of one job held valid leases at the same time:{_listing(problems)}"

@@ -6,19 +6,20 @@ import time
 from typing import Any
 
 from planlagt_conformance.instance import JobSpec
-from planlagt_conformance.scenario import Journal, Scenario, expected_fire_times, fire_key, iso
+from planlagt_conformance.scenario import Journal, Scenario, fire_key, iso
 from planlagt_conformance.scheduler_cases._checks import (
     check_closed_once,
     check_leases_never_overlap,
     check_no_duplicates,
-    failover_excuses,
 )
 from planlagt_conformance.scheduler_cases._support import (
     CLOSE_MARGIN_S,
     EARLY_SLACK_S,
     LOST_NOTICE_TOLERANCE_S,
     SchedulerTiming,
+    explain,
     lease_key_of,
+    run_window,
     settled_window_start,
     short_jobs,
 )
@@ -84,14 +85,12 @@ def _lease_expiry_lower_bound(observer: Backend, first: dict[str, Any], ttl_s: f
 
 
 def _check_ticks(scenario: Scenario, start: float, end: float, timing: SchedulerTiming) -> Journal:
-    keys = expected_fire_times(TICKS, start, end)
-    scenario.sleep_until_wall(end)
-    scenario.wait_for_closed(keys, timing.close_timeout_s(TICKS), excuse_interrupted=True)
+    keys = run_window(scenario, TICKS, start, end, timing)
     scenario.stop_all()
     journal = scenario.journal()
     tallies = journal.tally(keys)
     check_no_duplicates(tallies)
-    check_closed_once(tallies, excused=failover_excuses(journal, timing.lease_ttl_s))
+    check_closed_once(tallies, excused=explain(journal, keys, timing))
     check_leases_never_overlap(journal)
     return journal
 
