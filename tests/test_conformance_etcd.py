@@ -1,0 +1,202 @@
+"""The shared conformance suite against real etcd servers: contract cases and scheduler cases.
+
+Each suite runs in a child pytest process, as a user would run it:
+``pytest -p planlagt_conformance.plugin --pyargs PACKAGE --backend-url URL``. A failure
+shows every failed case with its message; the child's full output stays under the
+test's ``tmp_path``.
+
+The server is started here from the ``etcd`` binary (Debian package ``etcd-server``),
+and this process serves fault requests for it, so scheduler cases that pause, stop and
+restart the server run too. When ``PLANLAGT_TEST_ETCD_URL`` names a server instead, the
+suites run against it and those fault cases are skipped, because this run cannot control
+it. The runs on a TLS server with a user, and on empty servers, always start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from planlagt_conformance.etcd_server import ETCD_URL_ENV, EtcdServer, no_etcd_message
+from planlagt_conformance.scheduler_cases.server_control import ServerControlService
+
+pytestmark = [pytest.mark.etcd, pytest.mark.multiprocess]
+
+CONTRACT_CASES = "planlagt_conformance.cases"
+SCHEDULER_CASES = "planlagt_conformance.scheduler_cases"
+FIRST_USE_CASES = ["test_first_use_from_many_threads", "test_first_use_from_many_processes"]
+
+CASE_TIMEOUT_S = 180
+"""Longest one case may run in the child process before pytest-timeout ends it."""
+
+RUN_TIMEOUT_S = 600.0
+"""Longest one child run may take: about 40 s for the contract cases, about 70 s for the scheduler cases."""
+
+NOT_MANAGED = "is not managed by this test run"
+MAX_MESSAGE_CHARS = 6000
+
+TLS_AND_USER_CASES = "test_cleanup or test_isolation or test_fencing or test_first_use or test_processes_never_hold_key"
+"""The contract cases run over TLS with a user: together they call every operation, from threads and
+from worker processes, on several prefixes, without the cases that only wait for TTLs to pass."""
+
+CONTRACT_SKIPS = {
+    "capability job_registry is declared",
+    "capability control is declared",
+    "capability run_retention is declared",
+    "capability min_hold is declared",
+}
+"""Declared features each skip the one contract case that checks an undeclared feature."""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    outcome: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server under test, the child's environment, and the skip reason the child may give."""
+
+    url: str
+    environment: dict[str, str]
+    allowed_skip: str | None
+
+
+@pytest.fixture(scope="session")
+def etcd_binary() -> str:
+    found = shutil.which("etcd")
+    if found is None:
+        pytest.fail(no_etcd_message(), pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    configured = os.environ.get(ETCD_URL_ENV)
+    if configured:
+        yield Target(configured, dict(os.environ), NOT_MANAGED)
+        return
+    if shutil.which("etcd") is None:
+        pytest.fail(no_etcd_message(), pytrace=False)
+    with EtcdServer() as server, ServerControlService(server) as control:
+        yield Target(server.url, {**os.environ, **control.environment()}, None)
+
+
+def run_cases(package: str, target: Target, directory: Path, pattern: str | None = None) -> list[CaseResult]:
+    """Run the cases of ``package`` (matching ``pattern``) in a child pytest; return each case's result."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ini_path = directory / "pytest.ini"
+    ini_path.write_text("[pytest]\n", encoding="utf-8")
+    junit_path = directory / "junit.xml"
+    output_path = directory / "output.txt"
+    # The empty ini file and the fixed rootdir keep this project's pytest settings out of the child run.
+    command = [
+        sys.executable, "-m", "pytest",
+        "-c", str(ini_path), "--rootdir", str(directory), "-p", "no:cacheprovider",
+        "-p", "planlagt_conformance.plugin", "--pyargs", package, "--backend-url", target.url,
+        "--basetemp", str(directory / "cases"), "--junitxml", str(junit_path),
+        "--timeout", str(CASE_TIMEOUT_S), "-rfEs",
+    ]  # fmt: skip
+    if pattern:
+        command += ["-k", pattern]
+    completed = subprocess.run(
+        command, env=target.environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
+    output_path.write_text(completed.stdout + completed.stderr, encoding="utf-8")
+    if not junit_path.exists():
+        pytest.fail(
+            f"{package} wrote no report (status {completed.returncode}); output in {output_path}:\n"
+            f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}",
+            pytrace=False,
+        )
+    results = read_junit(junit_path)
+    assert completed.returncode == (1 if any(case.outcome == "failed" for case in results) else 0), (
+        f"pytest exited with status {completed.returncode}; output in {output_path}:\n{completed.stdout[-3000:]}"
+    )
+    return results
+
+
+def read_junit(path: Path) -> list[CaseResult]:
+    """Return one result per test case in a JUnit XML report: passed, failed (failure or error) or skipped."""
+    results = []
+    for case in ElementTree.parse(path).getroot().iter("testcase"):
+        problems = [child for child in case if child.tag in ("failure", "error")]
+        skips = [child for child in case if child.tag == "skipped"]
+        found = problems[0] if problems else skips[0] if skips else None
+        outcome = "failed" if problems else "skipped" if skips else "passed"
+        message = "" if found is None else (found.get("message") or found.text or "")
+        results.append(CaseResult(name=case.get("name", "?"), outcome=outcome, message=message))
+    return results
+
+
+def check_results(results: list[CaseResult], allowed_skips: set[str], directory: Path) -> None:
+    """Fail unless cases ran, none failed, and every skip gives one of the allowed reasons."""
+    assert results, f"no case ran; output in {directory / 'output.txt'}"
+    failed = [f"{case.name}: {case.message[:MAX_MESSAGE_CHARS]}" for case in results if case.outcome == "failed"]
+    assert not failed, (
+        f"{len(failed)} of {len(results)} cases failed on etcd (output in {directory}):\n\n" + "\n\n".join(failed)
+    )
+    unexpected = [
+        f"{case.name}: {case.message}"
+        for case in results
+        if case.outcome == "skipped" and not any(reason in case.message for reason in allowed_skips)
+    ]
+    assert not unexpected, "cases skipped without an allowed reason:\n" + "\n".join(unexpected)
+    assert any(case.outcome == "passed" for case in results)
+
+
+def check_contract_skips(results: list[CaseResult]) -> None:
+    skipped = sorted(case.message for case in results if case.outcome == "skipped")
+    assert len(skipped) == len(CONTRACT_SKIPS), f"expected one skip per declared feature, got {skipped}"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_contract_cases_on_etcd(target: Target, tmp_path: Path):
+    results = run_cases(CONTRACT_CASES, target, tmp_path)
+
+    check_results(results, CONTRACT_SKIPS, tmp_path)
+    check_contract_skips(results)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_scheduler_cases_on_etcd(target: Target, tmp_path: Path):
+    results = run_cases(SCHEDULER_CASES, target, tmp_path)
+
+    check_results(results, {target.allowed_skip} if target.allowed_skip else set(), tmp_path)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_contract_cases_on_etcd_with_tls_and_user(etcd_binary: str, tmp_path: Path):
+    password = f"conformance-{secrets.token_hex(8)}"
+    # The user's role may touch only keys under "planlagt", and the suite adds its random
+    # prefixes after the URL's own, so every case runs inside that permission.
+    server = EtcdServer(binary=etcd_binary, tls=True, tls_client_certs=True, auth=("planner", password))
+    with server:
+        assert password in server.url
+        target = Target(server.url, dict(os.environ), None)
+        results = run_cases(CONTRACT_CASES, target, tmp_path, pattern=TLS_AND_USER_CASES)
+
+    check_results(results, set(), tmp_path)
+    assert len(results) >= 10, f"only {len(results)} cases matched {TLS_AND_USER_CASES!r}"
+    assert password not in (tmp_path / "output.txt").read_text(encoding="utf-8")
+    assert password not in (tmp_path / "junit.xml").read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@pytest.mark.parametrize("case", FIRST_USE_CASES)
+def test_first_use_of_empty_etcd(etcd_binary: str, tmp_path: Path, case: str):
+    with EtcdServer(binary=etcd_binary) as server:
+        results = run_cases(CONTRACT_CASES, Target(server.url, dict(os.environ), None), tmp_path, pattern=case)
+
+    check_results(results, set(), tmp_path)
+    assert [result.outcome for result in results] == ["passed"]
