@@ -129,8 +129,8 @@ class LeaseManager:
     def acquire(self, key: str, ttl_s: float, holder: str) -> Lease | None:
         sent_at = time.monotonic()
         ttl_ms = to_ms(ttl_s)
-        session = self._pool.checkout("acquire")
         lock_key = self._lock_key(key)
+        session = self._pool.checkout("acquire")
         try:
             if not self._try_lock(session, lock_key, ttl_ms):
                 self._pool.checkin(session)
@@ -204,7 +204,7 @@ class LeaseManager:
                 ).fetchone()
             if row is None:
                 self._end(held, unlock=True)
-                raise self.lost(lease, "this session no longer holds its advisory lock")
+                raise self.lost(lease, "its TTL ran out, or this session no longer holds its advisory lock")
         return renewed(lease, ttl_s=ttl_s, sent_at=sent_at)
 
     # -- Release ----------------------------------------------------------------------
@@ -275,7 +275,7 @@ class LeaseManager:
                         self._statements().touch_lease, held.parameters(self._prefix, ttl_ms=held.ttl_ms)
                     ).fetchone()
                     if row is None:
-                        raise self.lost(lease, "this session no longer holds its advisory lock")
+                        raise self.lost(lease, "its TTL ran out, or this session no longer holds its advisory lock")
                     checked = True
                     yield connection
             except LeaseLost:
