@@ -382,6 +382,49 @@ def test_harness_runs_as_unprivileged_user(running_server: PostgresServer):
     assert Path(directory).is_relative_to(running_server.directory)
 
 
+# -- libpq options against the server ----------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_libpq_options_reach_server(running_server: PostgresServer):
+    name = f"planlagt-test-{secrets.token_hex(3)}"
+    backend = open_backend(running_server.url, application_name=name, options="-c%20work_mem%3D5MB")
+    try:
+        lease = backend.acquire("report", LONG_TTL_S)
+        assert lease is not None
+        held = backend.leases._find(lease)
+        assert held is not None
+        settings = held.session.connection.execute(
+            "SELECT current_setting('application_name'), current_setting('work_mem')"
+        ).fetchone()
+    finally:
+        backend.close()
+
+    assert settings == (name, "5MB")
+
+
+@pytest.mark.postgres
+def test_several_hosts_tried_in_order(running_server: PostgresServer):
+    url = f"postgresql://planlagt@127.0.0.1:{free_port()},127.0.0.1:{running_server.port}/planlagt"
+    backend = open_backend(url, connect_timeout="2")
+    try:
+        assert backend.acquire("report", LONG_TTL_S) is not None
+    finally:
+        backend.close()
+
+
+@pytest.mark.postgres
+def test_sslmode_require_without_tls_fails(running_server: PostgresServer):
+    backend = open_backend(running_server.url, sslmode="require")
+    try:
+        with pytest.raises(BackendError) as caught:
+            backend.inspect("report")
+    finally:
+        backend.close()
+
+    assert "SSL" in str(caught.value)
+
+
 # -- Tables, schemas and prefixes ------------------------------------------------------
 
 
