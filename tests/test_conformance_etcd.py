@@ -35,10 +35,10 @@ SCHEDULER_CASES = "planlagt_conformance.scheduler_cases"
 FIRST_USE_CASES = ["test_first_use_from_many_threads", "test_first_use_from_many_processes"]
 
 CASE_TIMEOUT_S = 180
-"""Longest one case may run in the child process before pytest-timeout ends it."""
+"""Maximum time one case may run in the child process before pytest-timeout ends it."""
 
 RUN_TIMEOUT_S = 600.0
-"""Longest one child run may take: about 40 s for the contract cases, about 70 s for the scheduler cases."""
+"""Maximum time of one child run: about 40 s for the contract cases, about 110 s for the scheduler cases."""
 
 NOT_MANAGED = "is not managed by this test run"
 MAX_MESSAGE_CHARS = 6000
@@ -99,6 +99,7 @@ def run_cases(package: str, target: Target, directory: Path, pattern: str | None
     ini_path.write_text("[pytest]\n", encoding="utf-8")
     junit_path = directory / "junit.xml"
     output_path = directory / "output.txt"
+
     # The empty ini file and the fixed rootdir keep this project's pytest settings out of the child run.
     command = [
         sys.executable, "-m", "pytest",
@@ -109,10 +110,12 @@ def run_cases(package: str, target: Target, directory: Path, pattern: str | None
     ]  # fmt: skip
     if pattern:
         command += ["-k", pattern]
+
     completed = subprocess.run(
         command, env=target.environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
     output_path.write_text(completed.stdout + completed.stderr, encoding="utf-8")
+
     if not junit_path.exists():
         pytest.fail(
             f"{package} wrote no report (status {completed.returncode}); output in {output_path}:\n"
@@ -132,8 +135,11 @@ def read_junit(path: Path) -> list[CaseResult]:
     for case in ElementTree.parse(path).getroot().iter("testcase"):
         problems = [child for child in case if child.tag in ("failure", "error")]
         skips = [child for child in case if child.tag == "skipped"]
-        found = problems[0] if problems else skips[0] if skips else None
-        outcome = "failed" if problems else "skipped" if skips else "passed"
+        outcome, found = "passed", None
+        if problems:
+            outcome, found = "failed", problems[0]
+        elif skips:
+            outcome, found = "skipped", skips[0]
         message = "" if found is None else (found.get("message") or found.text or "")
         results.append(CaseResult(name=case.get("name", "?"), outcome=outcome, message=message))
     return results

@@ -1,9 +1,9 @@
 """etcd-specific tests of the etcd backend, against real ``etcd`` processes.
 
 Generic contract cases live in the conformance suite. These cover what only etcd has:
-URL forms and options, TLS, users and roles, the minimum lease TTL, prefixes, fencing
-tokens from revisions across a restart, leases revoked rather than leaked, connection
-loss, failover between the members of a three-member cluster, and redaction.
+URL forms and options, TLS, users and roles, the minimum lease TTL, and prefixes. They
+also cover fencing tokens from revisions across a restart, leases revoked rather than
+leaked, connection loss, failover in a three-member cluster, and redaction.
 
 Tests that need a server of their own (TLS, authentication, restart, pause, lease counts,
 a cluster) start ``etcd`` from ``PATH`` and fail without it. The others use
@@ -490,7 +490,7 @@ def test_release_revokes_lease_and_keep_uses_short_lease(server: EtcdServer):
     backend.close()
 
 
-def test_renew_with_new_ttl_moves_key_to_new_lease(server: EtcdServer):
+def test_renew_new_ttl_moves_lease(server: EtcdServer):
     backend = open_backend(server.url)
     lease = backend.acquire("report", 3)
     assert lease is not None
@@ -623,7 +623,7 @@ def test_cluster_stopped_member_is_passed_over(cluster: EtcdCluster):
     other.close()
 
 
-def test_cluster_paused_member_puts_lease_at_risk_then_held(cluster: EtcdCluster):
+def test_cluster_paused_member_risks_lease(cluster: EtcdCluster):
     backend = open_backend(with_options(cluster.url, timeout="1"))
     lease = backend.acquire("report", 6, holder="holder")
     assert lease is not None
@@ -731,7 +731,7 @@ def test_wrong_password_and_missing_permission(etcd_binary: str):
         assert "planner:***@" in str(bad_password.value)
         assert "lacks a permission" in str(denied.value)
         assert not isinstance(no_user.value, BackendUnavailable)
-        assert server.lease_ids() == [], "a lease granted before a denied write must be revoked"
+        assert server.lease_ids() == [], "denied acquisitions must leave no lease behind"
         for backend in (wrong, outside, anonymous):
             backend.close()
 

@@ -58,12 +58,13 @@ class EtcdBackend(Backend):
     its etcd lease keeps counting down on the leader, so it is lost once its TTL runs out
     without a successful renewal, and the holder must assume so at ``Lease.valid_until``.
     etcd itself may keep it longer, never shorter: a leader elected after a restart or a
-    failover restarts every lease's TTL. With several endpoints in the URL, the request
-    after a failed one goes to the next endpoint that has not failed within the last 2 s,
-    so a renewal that failed because one member died succeeds on the next try if the
-    cluster still has a quorum. No request is repeated automatically, because a repeated
-    transaction is not idempotent. Once an endpoint responds again, requests reach it
-    without any action by the caller.
+    failover restarts every lease's TTL. With several endpoints in the URL, a request that
+    could not connect to one member goes to the next at once. After any other failure the
+    next request goes to the next endpoint that has not failed within the last 2 s. So
+    while the cluster keeps a quorum, a member that dies costs at most one failed
+    renewal. No other request is repeated automatically, because a repeated transaction
+    is not idempotent. Once an endpoint responds again, requests reach it without any
+    action by the caller.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcds")

@@ -4,12 +4,12 @@ It wraps etcd-sdk-python's ``MultiEndpointEtcd3Client`` (``pyetcd``, checked wit
 and works around three of its behaviours:
 
 - Its own ``user``/``password`` handling attaches the token as gRPC call credentials,
-  which gRPC refuses to send over a plain (non-TLS) channel, and it never renews the
-  token. Here the token is requested with etcd's ``Authenticate`` call and sent as the
+  which gRPC does not send over a plain (non-TLS) channel, and it never renews the
+  token. Here the token comes from etcd's ``Authenticate`` call and goes out as the
   ``token`` metadata the client adds to every request (its ``metadata`` attribute), on
-  plain and TLS channels alike; an expired or forgotten token (etcd's simple tokens last
-  5 minutes by default, and a restart forgets them) is renewed once and the request
-  repeated, which is safe because etcd rejected it before executing it.
+  plain and TLS channels alike. etcd's simple tokens expire (after 5 minutes by default)
+  and a restart invalidates them. A rejected token is renewed once and the request
+  repeated, which is safe because etcd rejected the request before executing it.
 - Its single-endpoint client marks the endpoint failed for 300 s after any error and then
   refuses every request. Here each endpoint is marked failed for
   :data:`ENDPOINT_RETRY_S` at most, and never when it is the only one.
@@ -47,7 +47,7 @@ ENDPOINT_RETRY_S = 2.0
 """How long a failed endpoint is skipped while the cluster URL names other endpoints."""
 
 MAX_RECONNECT_BACKOFF_MS = 1000
-"""Longest pause gRPC takes between attempts to reconnect to an endpoint (its default is 120 s)."""
+"""Maximum pause of gRPC between attempts to reconnect to an endpoint (its default is 120 s)."""
 
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 """Largest response accepted (gRPC's default is 4 MiB); long key ranges are read in pages anyway."""

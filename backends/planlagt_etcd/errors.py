@@ -1,10 +1,10 @@
 """The one place where etcd client errors become planlagt exceptions.
 
 etcd-sdk-python (``pyetcd``, checked with 0.0.7) turns the gRPC codes UNAVAILABLE,
-DEADLINE_EXCEEDED, INTERNAL and FAILED_PRECONDITION into its own exceptions, raised while
-the ``grpc.RpcError`` is handled, so the server's message is in ``__context__``; every
-other code reaches the caller as the ``grpc.RpcError`` itself. Both kinds are handled
-here. etcd's messages name keys and users, never passwords; the backend URL in each
+DEADLINE_EXCEEDED, INTERNAL and FAILED_PRECONDITION into its own exceptions. It raises
+them while the ``grpc.RpcError`` is handled, so the server's message is in
+``__context__``. Every other code reaches the caller as the ``grpc.RpcError`` itself.
+Both kinds are handled here. etcd's messages name keys and users, never passwords; the backend URL in each
 message is redacted.
 """
 

@@ -94,10 +94,14 @@ class FireStates:
         for _ in range(MAX_CONFLICTS):
             if state is not None and (state.outcome is not None or (lease is None and state.attempts > 0)):
                 return False
+            # A fenced close stores its own token; an unfenced one keeps the token stored before.
+            token = state.token if state is not None else None
+            if lease is not None:
+                token = lease.token
             closed = FireState(
                 attempts=state.attempts if state else 0,
                 outcome=record.outcome,
-                token=lease.token if lease is not None else (state.token if state else None),
+                token=token,
                 instance_id=record.instance_id,
             )
             closed_json = closed.to_json()

@@ -31,9 +31,9 @@ def range_end(start: bytes) -> bytes:
 def sortable_ms(fire_time: float) -> str:
     """Return a fire time as text whose byte order is the order of the instants (millisecond steps).
 
-    Non-negative instants are ``p`` and 20 digits of milliseconds; negative ones are ``n``
+    Non-negative instants are ``p`` and 20 digits of milliseconds. Negative ones are ``n``
     and 20 digits of ``10**20`` minus their magnitude, so they sort before every
-    non-negative one and among themselves by value.
+    non-negative one, and among themselves by value.
     """
     ms = round(fire_time * 1000)
     if ms >= 0:

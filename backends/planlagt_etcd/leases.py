@@ -1,7 +1,7 @@
 """Leases: one etcd lease per acquisition, with the lease key attached to it.
 
-The lease key's value is JSON with the holder and the random owner string; its create
-revision (the cluster-wide revision of the transaction that created it) is the fencing
+The lease key's value is JSON with the holder and the random owner string. Its create
+revision, the cluster-wide revision of the transaction that created it, is the fencing
 token. Every check that a lease is held compares both the value and the create revision
 inside one etcd transaction, so a later holder of the same key never matches.
 """

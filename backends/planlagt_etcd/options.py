@@ -8,13 +8,17 @@ Forms::
 Several hosts are the client endpoints of one cluster; requests go to one of them and
 move to the next when it fails. The port defaults to 2379.
 
-Options: ``prefix`` (key prefix, default ``planlagt``; it must not contain ``:``, which
-ends the prefix in every key), ``timeout`` (seconds each request may take, default 5),
-``min_ttl`` (the server's minimum lease TTL in whole seconds, default 2; raise it for a
-cluster whose election timeout is longer than the default 1 s), ``password_file`` (read
-the password from a file). With ``etcds://`` also ``cacert`` (CA bundle, PEM; default the
-system's trusted CAs), ``cert`` and ``key`` (client certificate and its private key, PEM),
-named as ``etcdctl``'s flags are.
+Options:
+
+- ``prefix``: key prefix, default ``planlagt``. It must not contain ``:``, which ends the
+  prefix in every key.
+- ``timeout``: seconds each request may take, default 5.
+- ``min_ttl``: the server's minimum lease TTL in whole seconds, default 2. Raise it for a
+  cluster whose election timeout is longer than the default 1 s.
+- ``password_file``: read the password from a file.
+- With ``etcds://`` only: ``cacert`` (CA bundle, PEM; default the system's trusted CAs),
+  ``cert`` and ``key`` (client certificate and its private key, PEM), named after
+  ``etcdctl``'s flags.
 """
 
 from __future__ import annotations
@@ -116,10 +120,10 @@ class EtcdOptions:
 def parse_etcd_url(url: BackendURL) -> EtcdOptions:
     """Build :class:`EtcdOptions` from a parsed ``etcd://`` or ``etcds://`` URL.
 
-    Raises ``InvalidURL`` naming the fault: an unknown scheme or option (TLS options with
-    ``etcd://`` included), an invalid option value, a path, a user without a password or
-    a password without a user, a client key without its certificate, or an unreadable
-    ``password_file``.
+    Raises ``InvalidURL`` naming the fault. Faults are an unknown scheme or option (TLS
+    options with ``etcd://`` included), an invalid option value, a path, a user without a
+    password or a password without a user, a client key without its certificate or the
+    reverse, and an unreadable ``password_file``.
     """
     if url.scheme not in SCHEMES:
         raise url.error(f"scheme {url.scheme!r} is not an etcd scheme; use one of {', '.join(SCHEMES)}")

@@ -245,7 +245,7 @@ class EtcdServer(ManagedServer):
         return int(self.admin("/v3/kv/range", body).get("count", 0))
 
     def admin(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to the gateway ``path`` as ``root`` (when auth is on) and return the JSON answer."""
+        """POST ``body`` to the gateway ``path`` as ``root`` (when auth is on) and return the JSON response."""
         token = self._root_token() if self._auth_enabled else None
         return self._http("POST", path, body, token=token)
 
