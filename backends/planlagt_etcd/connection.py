@@ -74,6 +74,8 @@ class EtcdConnection:
         self._url = url
         self._client: pyetcd.MultiEndpointEtcd3Client | None = None
         self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        """Held while one thread renews the token, so other threads wait for it instead of asking again."""
         self._closed = False
 
     @property
@@ -180,7 +182,7 @@ class EtcdConnection:
 
     def _renew_token(self, client: pyetcd.MultiEndpointEtcd3Client, stale: Any, operation: str) -> None:
         """Authenticate and store the new token, unless another thread replaced ``stale`` already."""
-        with self._lock:
+        with self._auth_lock:
             if client.metadata is not stale and client.metadata is not None:
                 return
             request = etcdrpc.AuthenticateRequest(name=self._options.username, password=self._options.password)
