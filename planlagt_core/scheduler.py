@@ -62,6 +62,10 @@ MAX_CATCH_UP_FIRE_TIMES = 100
 
 LOOK_BACK_HORIZONS_S = (3600.0, 86400.0, 32 * 86400.0, 367 * 86400.0)
 LOOK_BACK_LIMIT = 10_000
+MAX_PENDING = 100_000
+"""Most fire times held while ownership is unknown; beyond it they are dropped and logged."""
+FRESH_VIEW_MARGIN_S = 0.5
+"""Slack on top of two heartbeats before a membership view counts as stale."""
 """Widening windows searched for a job's latest fire time when taking the job over."""
 
 _STARTED: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -130,6 +134,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._pending: dict[tuple[str, float], PendingFire] = {}
         self._inflight: set[tuple[str, float]] = set()
+        self._dropped_pending = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -399,7 +404,7 @@ class Scheduler:
         assert self._timer is not None
         while not self._stop_event.is_set():
             try:
-                for pending in self._timer.pop_due(self.clock.time(), self._owns):
+                for pending in self._timer.pop_due(self.clock.time(), self._due):
                     self._dispatch(pending)
             except Exception:
                 LOG.exception("Timer of instance %s failed; it carries on at the next fire time", self.instance_id)
@@ -446,8 +451,33 @@ class Scheduler:
         assert self._membership is not None
         return job.name in self._membership.view.owned
 
+    def _view_is_fresh(self) -> bool:
+        """Return whether the last heartbeat is recent enough to trust who owns which job.
+
+        After a pause of the process or an outage of the backend, another instance may own
+        this instance's jobs by now; until the next heartbeat says so, nothing is claimed.
+        """
+        contact = self.last_backend_contact
+        return contact is not None and self.clock.monotonic() - contact <= 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
+
+    def _due(self, job: Job) -> bool:
+        """Return whether the timer should hand out a due fire time of ``job`` (owned, or ownership unknown)."""
+        return not self._view_is_fresh() or self._owns(job)
+
     def _dispatch(self, pending: PendingFire) -> None:
-        self._submit(pending)
+        if self._view_is_fresh():
+            self._submit(pending)
+            return
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                self._dropped_pending += 1
+                if self._dropped_pending in (1, 10, 100, 1000) or self._dropped_pending % 10_000 == 0:
+                    LOG.error(
+                        "Instance %s has %d fire times waiting for the backend; dropped %d so far, unrecorded",
+                        self.instance_id, len(self._pending), self._dropped_pending,
+                    )  # fmt: skip
+                return
+            self._pending[pending.key] = pending
 
     def _paused(self, job: Job) -> bool:
         assert self._membership is not None
@@ -479,7 +509,7 @@ class Scheduler:
         self._wake.set()
 
     def _dispatch_pending(self) -> None:
-        if self._stop_event.is_set():
+        if self._stop_event.is_set() or not self._view_is_fresh():
             return
         now = self.clock.time()
         with self._lock:
