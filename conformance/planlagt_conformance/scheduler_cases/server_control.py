@@ -65,7 +65,7 @@ class ServerControlService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self._closing.set()
-        # A connection of our own wakes the accept() call, so the thread sees the flag and ends.
+        # A connection of our own wakes the accept() call, so the thread reads the flag and ends.
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
                 wake.connect(str(self.socket_path))
@@ -110,7 +110,7 @@ class ServerControlService:
 
 
 class ServerControl:
-    """The client side: asks the managing process to inject a fault into the server."""
+    """The client side: sends fault requests to the process that manages the server."""
 
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path

@@ -24,9 +24,11 @@ from planlagt_conformance.scheduler_cases._support import (
     short_jobs,
 )
 from planlagt_core.backend import Backend
+from planlagt_core.models import Outcome
 
 INSTANCES = 3
 BATCH_SCHEDULE = "*/5 * * * * *"
+BATCH_INTERVAL_S = 5.0
 BATCH_ATTEMPTS = 3
 
 KILLED_BATCH_WORK_S = 2.0
@@ -36,6 +38,7 @@ PAUSED_BATCH_WORK_S = 4.0
 """Longer than the pause plus the notice bound, so the paused run is still going when it learns its lease is lost."""
 
 TICKS = short_jobs(3, max_attempts=2)
+"""Jobs that run beside the batch job, so the failed-over instance leaves more than one job behind."""
 PROBE_KEY = "scheduler-cases-probe"
 
 
@@ -52,8 +55,8 @@ def _first_batch_start(scenario: Scenario, timing: SchedulerTiming, not_before: 
         events = [event for event in journal.of("started", job="batch") if event["fire_time"] >= not_before]
         return events[0] if events else None
 
-    interval_s = 5.0
-    return scenario.wait_for(started, interval_s + timing.late_start_s + CLOSE_MARGIN_S, "a run of the batch job")
+    timeout_s = BATCH_INTERVAL_S + timing.late_start_s + CLOSE_MARGIN_S
+    return scenario.wait_for(started, timeout_s, "a run of the batch job")
 
 
 def _completion_elsewhere(scenario: Scenario, first: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -102,7 +105,8 @@ def test_killed_holder_is_replaced(scenario: Scenario, observer: Backend, schedu
 
     killed_at = scenario.kill(scenario.instances[first["instance"]])
     expires_after = _lease_expiry_lower_bound(observer, first, scheduler_timing.lease_ttl_s)
-    record = _completion_elsewhere(scenario, first, scheduler_timing.takeover_bound_s + KILLED_BATCH_WORK_S + 10)
+    completion_timeout_s = scheduler_timing.takeover_bound_s + KILLED_BATCH_WORK_S + CLOSE_MARGIN_S
+    record = _completion_elsewhere(scenario, first, completion_timeout_s)
     successor = _started_event(scenario.journal(), record)
 
     assert record["attempt"] > first["attempt"]
@@ -118,7 +122,7 @@ def test_killed_holder_is_replaced(scenario: Scenario, observer: Backend, schedu
     )
     state = observer.get_fire("batch", first["fire_time"])
     assert state is not None
-    assert state.outcome is not None and state.outcome.value == "succeeded"
+    assert state.outcome is Outcome.SUCCEEDED
     assert state.token == record["token"]
     assert state.attempts == record["attempt"]
 
@@ -160,7 +164,7 @@ def test_paused_holder_loses_lease(scenario: Scenario, observer: Backend, schedu
     assert own_record["outcome"] == "lease_lost"
     state = observer.get_fire("batch", first["fire_time"])
     assert state is not None
-    assert state.outcome is not None and state.outcome.value == "succeeded"
+    assert state.outcome is Outcome.SUCCEEDED
     assert state.token == record["token"]
 
     journal = _check_ticks(scenario, start, time.time(), scheduler_timing)

@@ -1,9 +1,10 @@
 """Server faults: the backend's server restarts or freezes while instances run, and no fire time completes twice.
 
 These cases need a server this test run manages (see the ``server_control`` fixture).
-A restart stops the server and starts it again on the same port; without persistence
-it comes back empty. A pause freezes the server with SIGSTOP: shorter than the lease TTL,
-nothing may be lost; longer, leases expire on the server while their holders wait.
+A restart stops the server and starts it again on the same port, and without persistence
+it comes back empty. A pause freezes the server with SIGSTOP. A pause shorter than the
+lease TTL must lose nothing. During a longer one, leases expire on the server while their
+holders wait for a reply.
 """
 
 from __future__ import annotations
