@@ -39,6 +39,9 @@ LOG = logging.getLogger(__name__)
 MS_PER_S = 1000
 FREE_KEY_DATA = b"{}"
 
+MIN_RENEW_WAIT_S = 0.05
+"""Shortest wait for a renewal's reply, used once the lease's own deadline has passed."""
+
 
 def to_ms(seconds: float) -> int:
     """Convert a duration in seconds to whole milliseconds, rounding to the nearest, at least 1."""
@@ -182,9 +185,14 @@ class LeaseOperations:
 
         sent_at = time.monotonic()
         data = holder_data(lease.holder, ttl_s)
+        # A renewal still unanswered at the lease's deadline cannot help: the caller must
+        # then count the lease lost, so the wait ends there (at least one poll).
+        wait_s = max(lease.valid_until - sent_at, MIN_RENEW_WAIT_S)
         with session_expiry_as_loss(self.store.url, lease):
             try:
-                self.session.call("renew", lambda client: client.set_async(self._holder_path(lease), data))
+                self.session.call(
+                    "renew", lambda client: client.set_async(self._holder_path(lease), data), timeout_s=wait_s
+                )
             except NoNodeError:
                 raise lease_lost(self.store.url, lease, "it expired and was taken over, or was released") from None
         return renewed(lease, ttl_s=ttl_s, sent_at=sent_at)

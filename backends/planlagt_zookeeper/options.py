@@ -20,7 +20,9 @@ Options:
     its ``minSessionTimeout`` and ``maxSessionTimeout`` (2 and 20 ticks unless configured);
     the backend reads the granted value back and never uses the requested one.
 ``connect_timeout``
-    Seconds to wait for the first connection (default 10).
+    Seconds one connection attempt to one host may take, the TCP connection and the
+    session handshake together (default 5). The first connection is awaited that long
+    for each host.
 ``request_timeout``
     Seconds each request may take before the call raises ``BackendUnavailable`` (default 5).
 ``password_file``
@@ -55,7 +57,7 @@ __all__ = [
 
 DEFAULT_PORT = 2181
 DEFAULT_PREFIX = "planlagt"
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 
 DEFAULT_SESSION_TIMEOUT_S = 60.0

@@ -18,6 +18,7 @@ from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import RolledBackError, RuntimeInconsistency
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.interfaces import IAsyncResult
+from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL
@@ -40,9 +41,31 @@ ensemble member take the session back within a second.
 """
 
 MS_PER_S = 1000
+REDACTED = "***"
 
 AsyncStart = Callable[[KazooClient], IAsyncResult]
 """Starts one asynchronous kazoo request on the client it is given."""
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger handed to kazoo: it writes to ``kazoo.client`` with the given secrets replaced by ``***``.
+
+    kazoo (checked with 2.11) logs every request it sends at DEBUG, including the digest
+    authentication request with ``user:password`` in clear text.
+    """
+
+    def __init__(self, secrets: Sequence[str | None]) -> None:
+        super().__init__(logging.getLogger("kazoo.client"), {})
+        self._secrets = [secret for secret in secrets if secret]
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, "%s", text, **kwargs)
 
 
 class ConnectionState:
@@ -92,7 +115,7 @@ class ZooKeeperSession:
         """Return the connected client, connecting first when needed.
 
         Raises ``BackendError`` after :meth:`close`, and ``BackendUnavailable`` when no host
-        answered within ``connect_timeout``.
+        answered within ``connect_timeout`` per host.
         """
         with self._lock:
             if self._closed:
@@ -129,16 +152,19 @@ class ZooKeeperSession:
             default_acl=CREATOR_ALL_ACL if self.options.auth_data else None,
             connection_retry=retry,
             command_retry=KazooRetry(max_tries=0),
+            logger=RedactingLogger([self.options.password, self.options.keyfile_password]),
         )
         _record_negotiated_timeout(client, self._set_negotiated_timeout)
+        _limit_connection_attempts(client, self.options.connect_timeout_s)
         client.add_listener(self._log_state_change)
 
+        wait_s = self.options.connect_timeout_s * len(self.options.hosts)
         try:
-            client.start(timeout=self.options.connect_timeout_s)
+            client.start(timeout=wait_s)
         except KazooTimeoutError as exc:
             # kazoo stops and closes the client itself before raising this.
             raise BackendUnavailable(
-                f"could not connect to ZooKeeper at {self.url} within {self.options.connect_timeout_s:g} s "
+                f"could not connect to ZooKeeper at {self.url} within {wait_s:g} s "
                 f"(during {operation}); check that a server listens at {self.options.hosts_text}",
                 backend=self.url,
             ) from exc
@@ -198,15 +224,16 @@ class ZooKeeperSession:
 
     # -- Requests -------------------------------------------------------------------
 
-    def call(self, operation: str, start: AsyncStart) -> Any:
-        """Run one request and return its result, waiting at most ``request_timeout``.
+    def call(self, operation: str, start: AsyncStart, *, timeout_s: float | None = None) -> Any:
+        """Run one request and return its result, waiting at most ``timeout_s`` (default ``request_timeout``).
 
         ``NoNodeError``, ``NodeExistsError``, ``BadVersionError`` and ``NotEmptyError``
         propagate as they are; other errors are translated (see ``translate_errors``).
         """
         client = self.client(operation)
+        wait_s = self.options.request_timeout_s if timeout_s is None else min(timeout_s, self.options.request_timeout_s)
         with translate_errors(self.url, operation):
-            return start(client).get(timeout=self.options.request_timeout_s)
+            return start(client).get(timeout=wait_s)
 
     def call_all(self, operation: str, starts: Sequence[AsyncStart]) -> list[Any]:
         """Send several requests at once and return their results in order.
@@ -258,3 +285,35 @@ def _record_negotiated_timeout(client: KazooClient, record: Callable[[float], No
         return read_timeout_ms, connect_timeout_ms
 
     connection._connect = connect_and_record
+
+
+def _limit_connection_attempts(client: KazooClient, limit_s: float) -> None:
+    """Make each connection attempt of ``client`` give up after ``limit_s`` seconds.
+
+    kazoo (checked with 2.11) waits up to the whole requested session timeout for the TCP
+    connection and, divided by the number of hosts, for the session handshake. A server
+    that accepts a connection while it starts up may never answer the handshake, which
+    would keep the client away from every server for a minute with the default session
+    timeout. NOTE: this wraps two private callables of this one client:
+    ``ConnectionHandler._invoke`` (for the handshake request only) and the handler's
+    ``create_connection``.
+    """
+    connection = client._connection
+    invoke = connection._invoke
+
+    def invoke_with_limit(timeout: float, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(request, Connect):
+            timeout = min(timeout, limit_s)
+        return invoke(timeout, request, *args, **kwargs)
+
+    connection._invoke = invoke_with_limit
+
+    handler = client.handler
+    create_connection = handler.create_connection
+
+    def create_connection_with_limit(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is not None:
+            kwargs["timeout"] = min(kwargs["timeout"], limit_s)
+        return create_connection(*args, **kwargs)
+
+    handler.create_connection = create_connection_with_limit
