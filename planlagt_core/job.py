@@ -54,8 +54,9 @@ class JobPolicy:
     (default a third of the TTL). ``max_run_time_s`` is when a run is told to stop (None:
     never). ``max_attempts`` bounds all attempts at one fire time, first run and retries
     together; retries wait ``retry_backoff_s`` doubled after each failure. ``late_start_s``
-    is how late a fire time may still start (default: one lease TTL plus two heartbeats
-    plus the scheduler's maximum clock skew, the time needed to notice a dead instance).
+    is how late a fire time may still start (default: one lease TTL plus four heartbeats
+    plus the scheduler's maximum clock skew, the time needed to notice a dead instance
+    and confirm it is gone).
     ``min_hold_s`` keeps the job's key blocked that long after a run ends.
     ``max_success_age_s`` flags the job as overdue when its last success is older.
     """
@@ -79,7 +80,7 @@ class JobPolicy:
     def late_start_window_s(self, max_skew_s: float) -> float:
         if self.late_start_s is not None:
             return self.late_start_s
-        return self.lease_ttl_s + 2 * self.effective_heartbeat_s + max_skew_s
+        return self.lease_ttl_s + 4 * self.effective_heartbeat_s + max_skew_s
 
     def backoff_s(self, attempt: int) -> float:
         """Return the wait before the attempt after ``attempt`` (1-based), capped at 300 s."""

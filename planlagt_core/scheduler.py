@@ -542,6 +542,10 @@ class Scheduler:
         fire times of its late-start window, which may have had no instance at all.
         """
         now = self.clock.time()
+        # Wait until the change has lasted two heartbeats before acting on it. An instance
+        # that only missed a beat (or a backend that restarted and lost the membership)
+        # comes back by then, takes its jobs back, and these entries are dropped unrun.
+        confirm_s = 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
         for name in gained:
             job = self._jobs[name]
             for fire in _recent_fire_times(job, now, job.policy.late_start_window_s(self.max_skew_s)):
@@ -552,7 +556,7 @@ class Scheduler:
                     self._pending[key] = PendingFire(
                         job=job,
                         fire_time=key[1],
-                        not_before=now,
+                        not_before=now + confirm_s,
                         reason="takeover",
                         check_first=True,
                         retry_only=retry_only,
