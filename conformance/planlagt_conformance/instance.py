@@ -22,6 +22,11 @@ The process appends one JSON object per line to the shared journal, each with a 
     means its completion was recorded under its lease, and ``lease_lost`` means it was not.
 ``stopped``
     ``Scheduler.run()`` returned after SIGTERM.
+``acquired``, ``renewed``, ``released``
+    The scheduler's backend granted a lease, renewed one, or was sent a release: the key,
+    the token and ``valid_until`` (the lease's local deadline, on the same monotonic clock
+    as ``mono``). ``mono`` of ``acquired`` is taken after the reply, and that of
+    ``released`` before the request.
 
 Every event carries ``instance``, ``pid``, ``wall`` (``time.time()`` of the host, never the
 instance's shifted clock) and ``mono`` (``time.monotonic()``). On Linux the monotonic
@@ -49,7 +54,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from planlagt_core.backend import Backend
+from planlagt_core.backend import Backend, Lease
 from planlagt_core.clock import OffsetClock
 from planlagt_core.context import RunContext
 from planlagt_core.listeners import Listener
@@ -181,6 +186,39 @@ class JournalListener(Listener):
         return self._state_dir / f"{self._instance_id}.{job}.{round(fire_time * 1000)}.running"
 
 
+def journal_leases(backend: Backend, journal: Path, instance_id: str) -> None:
+    """Make ``backend`` journal each lease it grants or renews and each release it is sent.
+
+    The wrappers replace the methods on this one object, so the scheduler's own calls go
+    through them. Failed acquisitions and renewals are not journaled.
+    """
+    acquire, renew, release = backend.acquire, backend.renew, backend.release
+
+    def journaled_acquire(key: str, ttl_s: float, *, holder: str = "") -> Lease | None:
+        lease = acquire(key, ttl_s, holder=holder)
+        if lease is not None:
+            append_event(journal, "acquired", **_lease_fields(instance_id, lease))
+        return lease
+
+    def journaled_renew(lease: Lease, ttl_s: float | None = None) -> Lease:
+        renewed = renew(lease, ttl_s)
+        append_event(journal, "renewed", **_lease_fields(instance_id, renewed))
+        return renewed
+
+    def journaled_release(lease: Lease, *, keep_s: float = 0.0) -> bool:
+        # Journaled before the request: the holder stops relying on the lease once it sends it.
+        append_event(journal, "released", **_lease_fields(instance_id, lease))
+        return release(lease, keep_s=keep_s)
+
+    backend.acquire = journaled_acquire  # type: ignore[method-assign]
+    backend.renew = journaled_renew  # type: ignore[method-assign]
+    backend.release = journaled_release  # type: ignore[method-assign]
+
+
+def _lease_fields(instance_id: str, lease: Lease) -> dict[str, Any]:
+    return {"instance": instance_id, "key": lease.key, "token": lease.token, "valid_until": lease.valid_until}
+
+
 def job_function(work_s: float) -> Callable[[RunContext], None]:
     """Return a job function that waits ``work_s`` seconds, or less when its run context requests a stop."""
 
@@ -208,8 +246,10 @@ def open_backend(spec: InstanceSpec) -> Backend:
 
 def build_scheduler(spec: InstanceSpec) -> Scheduler:
     """Return a scheduler for ``spec`` with its jobs registered (not started)."""
+    backend = open_backend(spec)
+    journal_leases(backend, Path(spec.journal), spec.instance_id)
     scheduler = Scheduler(
-        open_backend(spec),
+        backend,
         instance_id=spec.instance_id,
         lease_ttl_s=spec.lease_ttl_s,
         heartbeat_s=spec.heartbeat_s,

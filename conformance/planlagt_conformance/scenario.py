@@ -40,6 +40,7 @@ __all__ = [
     "FireTally",
     "InstanceProcess",
     "Journal",
+    "LeaseInterval",
     "Scenario",
     "expected_fire_times",
     "fire_key",
@@ -211,6 +212,10 @@ class Journal:
             counts.update(record["instance"] for record in tally.successes)
         return counts
 
+    def lease_intervals(self) -> list[LeaseInterval]:
+        """Return the validity of every lease the instances were granted, ordered by start."""
+        return _lease_intervals(self.events)
+
     def attempts(self) -> list[Attempt]:
         """Return every attempt that started, ordered by start time.
 
@@ -233,8 +238,41 @@ class Journal:
         return sorted(found.values(), key=lambda attempt: attempt.start_mono)
 
 
+@dataclass
+class LeaseInterval:
+    """When one lease was valid by the backend contract, as its holder journaled it (monotonic seconds).
+
+    It starts when the acquisition's reply arrived and ends at the latest ``valid_until``
+    of the lease, or earlier when the holder sent its release. That is never longer than
+    the lease was really held, so two intervals of one key that overlap prove two holders.
+    """
+
+    key: str
+    token: int
+    instance: str
+    start_mono: float
+    end_mono: float
+
+    def describe(self) -> str:
+        return f"lease on {self.key!r} with token {self.token} held by {self.instance}"
+
+
 def _end(attempt: Attempt, event: dict[str, Any], outcome: str) -> None:
     attempt.end_mono, attempt.end_wall, attempt.outcome = event["mono"], event["wall"], outcome
+
+
+def _lease_intervals(events: list[dict[str, Any]]) -> list[LeaseInterval]:
+    found: dict[tuple[str, int], LeaseInterval] = {}
+    for item in events:
+        key = (item.get("key", ""), item.get("token", 0))
+        interval = found.get(key)
+        if item["event"] == "acquired":
+            found[key] = LeaseInterval(item["key"], item["token"], item["instance"], item["mono"], item["valid_until"])
+        elif item["event"] == "renewed" and interval is not None:
+            interval.end_mono = max(interval.end_mono, item["valid_until"])
+        elif item["event"] == "released" and interval is not None:
+            interval.end_mono = min(interval.end_mono, item["mono"])
+    return sorted(found.values(), key=lambda interval: interval.start_mono)
 
 
 def _attempt_key(event: dict[str, Any]) -> tuple[str, str, float, int]:

@@ -6,11 +6,19 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from planlagt_conformance.scenario import Attempt, FireTally, Journal, fire_key, iso
+from planlagt_conformance.scenario import Attempt, FireTally, Journal, LeaseInterval, fire_key, iso
 from planlagt_core.backend import Backend
 
 MAX_LISTED = 12
 """Most offending fire times or attempts listed in one failure message."""
+
+EARLY_SLACK_S = 0.05
+"""How much sooner than a lease's end another holder of its key may be seen to start.
+
+It covers only timer resolution and the rate difference between the server's clock and
+this host's monotonic clock. A holder that starts earlier held the key together with the
+previous one.
+"""
 
 
 def _listing(lines: list[str]) -> str:
@@ -124,6 +132,34 @@ def check_backend_agrees(observer: Backend, tallies: Mapping[tuple[str, float], 
         elif record["outcome"] == "succeeded" and state is not None and state.token != record["token"]:
             disagreements.append(f"{tally.describe()}; the backend stores token {state.token}")
     assert not disagreements, f"the backend's fire state differs from the journal:{_listing(disagreements)}"
+
+
+def check_one_valid_lease(journal: Journal) -> None:
+    """Fail when two leases on one key were valid at the same time, or a later lease has a smaller token.
+
+    Leases the holder knew to be invalid on arrival (an acquisition whose reply came after
+    its own deadline) are left out.
+    """
+    by_key: dict[str, list[LeaseInterval]] = defaultdict(list)
+    for interval in journal.lease_intervals():
+        if interval.start_mono < interval.end_mono:
+            by_key[interval.key].append(interval)
+    problems: list[str] = []
+    for intervals in by_key.values():
+        problems.extend(_lease_problems(intervals))
+    assert not problems, f"two leases on one key were valid at once:{_listing(problems)}"
+
+
+def _lease_problems(intervals: list[LeaseInterval]) -> Iterable[str]:
+    latest: LeaseInterval | None = None
+    for interval in intervals:
+        if latest is not None and interval.token <= latest.token:
+            yield f"{interval.describe()} began after the {latest.describe()}, with a token that is not greater"
+        if latest is not None and interval.start_mono < latest.end_mono - EARLY_SLACK_S:
+            overlap_s = latest.end_mono - interval.start_mono
+            yield f"{interval.describe()} began {overlap_s:.3f} s before the {latest.describe()} ended"
+        if latest is None or interval.end_mono > latest.end_mono:
+            latest = interval
 
 
 def check_leases_never_overlap(journal: Journal) -> None:

@@ -42,14 +42,6 @@ machine, so the tolerance leaves a wide margin for heavier load.
 LOST_NOTICE_TOLERANCE_S = 0.5
 """Delay allowed on top of one heartbeat for a resumed process to see its lease as lost."""
 
-EARLY_SLACK_S = 0.05
-"""How much sooner than the server's reported expiry a successor may be seen to start.
-
-It covers only timer resolution and the rate difference between the server's clock and
-this host's monotonic clock. A successor that starts earlier held the key together with
-the first holder.
-"""
-
 SETTLE_TIMEOUT_S = 30.0
 """How long the backend may take to list every started instance as live."""
 

@@ -12,6 +12,7 @@ from planlagt_conformance.scheduler_cases._checks import (
     check_closed_once,
     check_leases_never_overlap,
     check_no_duplicates,
+    check_one_valid_lease,
 )
 from planlagt_conformance.scheduler_cases._support import (
     SchedulerTiming,
@@ -63,6 +64,7 @@ def test_jobs_balance_and_move(scenario: Scenario, observer: Backend, scheduler_
     check_closed_once(tallies, excused=explain(journal, all_keys, scheduler_timing))
     check_backend_agrees(observer, tallies)
     check_leases_never_overlap(journal)
+    check_one_valid_lease(journal)
 
 
 def _jobs_completed_by(journal: Journal, keys: list[tuple[str, float]], instance_id: str) -> set[str]:

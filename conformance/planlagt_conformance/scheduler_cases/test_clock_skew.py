@@ -15,6 +15,7 @@ from planlagt_conformance.scheduler_cases._checks import (
     check_closed_once,
     check_leases_never_overlap,
     check_no_duplicates,
+    check_one_valid_lease,
 )
 from planlagt_conformance.scheduler_cases._support import (
     SchedulerTiming,
@@ -51,6 +52,7 @@ def test_skewed_clocks_complete_once(scenario: Scenario, observer: Backend, sche
     check_closed_once(tallies, excused=explain(journal, keys, scheduler_timing))
     check_backend_agrees(observer, tallies)
     check_leases_never_overlap(journal)
+    check_one_valid_lease(journal)
 
     instances_per_job: dict[str, set[str]] = defaultdict(set)
     for tally in tallies.values():

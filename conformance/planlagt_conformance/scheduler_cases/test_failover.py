@@ -8,13 +8,14 @@ from typing import Any
 from planlagt_conformance.instance import JobSpec
 from planlagt_conformance.scenario import Journal, Scenario, fire_key, iso
 from planlagt_conformance.scheduler_cases._checks import (
+    EARLY_SLACK_S,
     check_closed_once,
     check_leases_never_overlap,
     check_no_duplicates,
+    check_one_valid_lease,
 )
 from planlagt_conformance.scheduler_cases._support import (
     CLOSE_MARGIN_S,
-    EARLY_SLACK_S,
     LOST_NOTICE_TOLERANCE_S,
     SchedulerTiming,
     explain,
@@ -95,6 +96,7 @@ def _check_ticks(scenario: Scenario, start: float, end: float, timing: Scheduler
     check_no_duplicates(tallies)
     check_closed_once(tallies, excused=explain(journal, keys, timing))
     check_leases_never_overlap(journal)
+    check_one_valid_lease(journal)
     return journal
 
 

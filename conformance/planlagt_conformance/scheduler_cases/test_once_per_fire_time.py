@@ -9,6 +9,7 @@ from planlagt_conformance.scheduler_cases._checks import (
     check_closed_once,
     check_leases_never_overlap,
     check_no_duplicates,
+    check_one_valid_lease,
 )
 from planlagt_conformance.scheduler_cases._support import (
     EVERY_SECOND,
@@ -48,5 +49,6 @@ def test_each_fire_time_completes_once(scenario: Scenario, observer: Backend, sc
     check_closed_once(tallies, excused=explain(journal, keys, scheduler_timing))
     check_backend_agrees(observer, tallies)
     check_leases_never_overlap(journal)
+    check_one_valid_lease(journal)
     slow_skips = [tally for tally in tallies.values() if tally.job == "slow" and tally.with_outcome("skipped")]
     assert slow_skips, "no fire time of the slow job was skipped, so runs never met the previous one still going"
