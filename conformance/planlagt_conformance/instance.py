@@ -34,7 +34,7 @@ clock is shared by all processes of the host, so ``mono`` values of different in
 can be compared. Fire times are Unix seconds (floats).
 
 While an attempt runs, a marker file ``{instance}.{job}.{fire time in ms}.running`` in
-the state folder holds its ``started`` event. The file ``{instance}.ready`` appears once
+the state folder contains its ``started`` event. The file ``{instance}.ready`` appears once
 the instance is healthy.
 """
 

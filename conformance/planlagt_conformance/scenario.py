@@ -8,8 +8,9 @@ by PID. Each of those actions is appended to the journal too (events ``killed``,
 so one file contains the whole timeline. :meth:`Scenario.close`, which the context
 manager calls, ends every process the scenario started.
 
-:class:`Journal` reads the journal back: attempts with their start, end and lease
-states; per (job, fire time) the run records written for it; completions per instance.
+:class:`Journal` reads the journal back. It returns the attempts with their start, end
+and lease states, the leases with their validity, the run records of each (job, fire
+time), and the completions per instance.
 """
 
 from __future__ import annotations

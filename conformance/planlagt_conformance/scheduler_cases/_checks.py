@@ -60,10 +60,10 @@ def explained_outcomes(
 ) -> dict[tuple[str, float], set[str]]:
     """Return, for fire times in ``keys``, the outcomes other than success that the journal explains.
 
-    ``skipped`` is explained when another attempt of the job (at an earlier fire time)
-    could hold the job's lease as the skip was recorded: from one TTL before it started
-    (its acquisition) to one TTL after it ended (a lease whose holder died expires by its
-    TTL). The overlap policy skips a fire time whenever the previous run's lease is held,
+    ``skipped`` is explained when another attempt of the job, at an earlier fire time,
+    could hold the job's lease as the skip was recorded. That is from one TTL before the
+    attempt started (its acquisition) to one TTL after it ended, because a lease whose
+    holder died expires by its TTL. The overlap policy skips a fire time whenever the previous run's lease is held,
     whether that run is slow, started late after a takeover, or is dead.
 
     ``failed`` and ``open`` (no closing record) are explained at a fire time whose attempt
