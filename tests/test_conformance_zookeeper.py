@@ -36,10 +36,10 @@ CONTRACT_CASES = "planlagt_conformance.cases"
 SCHEDULER_CASES = "planlagt_conformance.scheduler_cases"
 
 CASE_TIMEOUT_S = 180
-"""Longest one case may run in the child process before pytest-timeout ends it."""
+"""Maximum time one case may run in the child process before pytest-timeout ends it."""
 
 RUN_TIMEOUT_S = 600.0
-"""Longest one child run may take: about a minute for the contract cases, about two for the scheduler cases."""
+"""Maximum time one child run may take: about a minute for the contract cases, about two for the scheduler cases."""
 
 NOT_MANAGED = "is not managed by this test run"
 MAX_MESSAGE_CHARS = 6000
@@ -111,6 +111,7 @@ def run_cases(package: str, target: Target, directory: Path) -> list[CaseResult]
     completed = subprocess.run(
         command, env=target.environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
+
     output_path.write_text(completed.stdout + completed.stderr, encoding="utf-8")
     if not junit_path.exists():
         pytest.fail(
@@ -118,6 +119,7 @@ def run_cases(package: str, target: Target, directory: Path) -> list[CaseResult]
             f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}",
             pytrace=False,
         )
+
     results = read_junit(junit_path)
     expected_status = 1 if any(case.outcome == "failed" for case in results) else 0
     assert completed.returncode == expected_status, (
@@ -132,8 +134,11 @@ def read_junit(path: Path) -> list[CaseResult]:
     for case in ElementTree.parse(path).getroot().iter("testcase"):
         problems = [child for child in case if child.tag in ("failure", "error")]
         skips = [child for child in case if child.tag == "skipped"]
-        found = problems[0] if problems else skips[0] if skips else None
-        outcome = "failed" if problems else "skipped" if skips else "passed"
+        outcome, found = "passed", None
+        if problems:
+            outcome, found = "failed", problems[0]
+        elif skips:
+            outcome, found = "skipped", skips[0]
         message = "" if found is None else (found.get("message") or found.text or "")
         results.append(CaseResult(name=case.get("name", "?"), outcome=outcome, message=message))
     return results

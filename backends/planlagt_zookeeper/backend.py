@@ -30,15 +30,15 @@ MIN_SESSION_TIMEOUT_S = 4.0
 
 
 class ZooKeeperBackend(Backend):
-    """A backend on a ZooKeeper server or ensemble (3.5 or newer; tested with 3.8), through kazoo.
+    """A backend on a ZooKeeper server or ensemble (tested with 3.8), through kazoo.
 
     Where it differs from the contract, or adds to it:
 
     - **Session-bound leases.** A held key is an ephemeral node of this backend's kazoo
       session, so a lease never outlives the session. It also has its own TTL, as the
-      contract requires of a lease that is not renewed: the node records ``ttl_ms``, and
-      an acquirer that finds the node's ``mtime`` plus ``ttl_ms`` behind the server's
-      clock deletes it and takes the key. ``renew`` rewrites the node, which moves its
+      contract requires of a lease that is not renewed. The node records ``ttl_ms``. An
+      acquirer that finds the node's ``mtime`` plus ``ttl_ms`` behind the server's clock
+      deletes the node and takes the key. ``renew`` rewrites the node, which moves its
       ``mtime``. The lease therefore ends at the earlier of its TTL and the end of the
       session.
     - **The session timeout bounds the TTL.** The server ends a session it has not heard
@@ -75,10 +75,10 @@ class ZooKeeperBackend(Backend):
       wait up to ``request_timeout`` for the reconnection. A reconnection within the
       session keeps every lease: the next ``renew`` succeeds. A lease is never reported
       lost while the state is unknown, until its ``valid_until`` passes.
-    - LOST (the server said the session expired): every lease of the session is gone, and
+    - LOST (the server reported that the session expired): every lease of the session is gone, and
       ``renew`` and fenced writes raise ``LeaseLost``. kazoo then starts a new session.
 
-    A server that stops answering without closing its connections is noticed by kazoo
+    A server that stops responding without closing its connections is noticed by kazoo
     only after two thirds of the session timeout; until then calls time out after
     ``request_timeout`` and leases are at risk.
     """

@@ -3,8 +3,8 @@
 kazoo (checked with 2.11) builds its messages from the server's error code and never from
 the digest credentials, so its message is kept. The backend URL in each message is redacted.
 
-Errors that answer a conditional request (:data:`ANSWER_ERRORS`, such as ``NoNodeError``)
-pass through unchanged: the operations handle them.
+Errors that report a failed condition of a request (:data:`CONDITION_ERRORS`, such as
+``NoNodeError``) pass through unchanged, because the operations handle them.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 from planlagt_core.backend import Lease
 from planlagt_core.errors import BackendError, BackendUnavailable, LeaseLost
 
-__all__ = ["ANSWER_ERRORS", "UNREACHABLE_ERRORS", "invalid_data", "lease_lost", "translate_errors"]
+__all__ = ["CONDITION_ERRORS", "UNREACHABLE_ERRORS", "invalid_data", "lease_lost", "translate_errors"]
 
-ANSWER_ERRORS: tuple[type[Exception], ...] = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
-"""kazoo errors that answer a conditional request; callers handle them, this module leaves them alone."""
+CONDITION_ERRORS: tuple[type[Exception], ...] = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
+"""kazoo errors that report a failed condition (node missing or present, wrong version, children left)."""
 
 UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
     ConnectionLoss,
@@ -66,7 +66,7 @@ def translate_errors(backend_url: str, operation: str) -> Iterator[None]:
     """
     try:
         yield
-    except ANSWER_ERRORS:
+    except CONDITION_ERRORS:
         raise
     except (NoAuthError, InvalidACLError, SessionClosedRequireSaslError) as exc:
         raise BackendError(

@@ -1,7 +1,7 @@
 """Fire state: one persistent node per (job, fire time), written by fenced transactions.
 
 A fenced write is one transaction that checks the lease's holder node and writes the fire
-state node with a version check (or creates it); the run record of a closed fire time is
+state node with a version check (or creates it). The run record of a closed fire time is
 created in the same transaction. When the fire state changed between the read and the
 write, the operation reads it again and retries.
 
@@ -38,7 +38,7 @@ MAX_WRITE_TRIES = 50
 """Reads and conditional writes of one fire state before giving up on a node that keeps changing."""
 
 SWEEP_INTERVAL_S = 300.0
-"""Least time between two sweeps of one job's expired fire states by one backend."""
+"""Minimum time between two sweeps of one job's expired fire states by one backend."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,11 @@ def fire_data(state: FireState, keep_s: float) -> bytes:
 
 
 def _closed_state(record: RunRecord, lease: Lease | None, stored: StoredFire | None) -> FireState:
-    attempts = stored.state.attempts if stored is not None else 0
-    token = lease.token if lease is not None else (stored.state.token if stored is not None else None)
+    attempts = 0
+    token = None
+    if stored is not None:
+        attempts = stored.state.attempts
+        token = stored.state.token
+    if lease is not None:
+        token = lease.token
     return FireState(attempts=attempts, outcome=record.outcome, token=token, instance_id=record.instance_id)

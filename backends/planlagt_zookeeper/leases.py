@@ -1,8 +1,8 @@
 """Leases as ephemeral nodes: acquire, renew, release, inspect, and the fence of fenced writes.
 
-A key ``K`` is the persistent node ``R/leases/K``; its holder is the ephemeral child
+A key ``K`` is the persistent node ``R/leases/K``. Its holder is the ephemeral child
 ``R/leases/K/OWNER``, named after the lease's random owner string, so only that lease's
-requests can ever address it. Every acquisition writes ``K`` with a version check in the
+requests can address it. Every acquisition writes ``K`` with a version check in the
 same transaction that creates the holder node, which makes acquisitions of one key
 happen one at a time, and the transaction's zxid (the holder node's ``czxid``) is the
 fencing token.
@@ -28,7 +28,7 @@ from kazoo.exceptions import NoNodeError, SessionExpiredError
 from planlagt_core.backend import Lease, LeaseInfo, new_owner_token, renewed
 from planlagt_core.errors import BackendUnavailable, ConfigurationError, LeaseLost, PlanlagtError
 
-from .errors import ANSWER_ERRORS, lease_lost, translate_errors
+from .errors import CONDITION_ERRORS, lease_lost, translate_errors
 from .session import ConnectionState, first_failure
 from .store import Node, NodeStore, dump_json, expires_at_ms
 
@@ -131,7 +131,7 @@ class LeaseOperations:
         results = self.session.commit("acquire", lambda txn: self._take(txn, key, owner, holder, ttl_s, state))
         failure = first_failure(results)
         if failure is not None:
-            self._raise_unless_answer("acquire", failure[1])
+            self._raise_unless_condition_failed("acquire", failure[1])
             return None  # another client changed the key since it was read
 
         stat = results[1 if state.key_node is None else 0]
@@ -185,7 +185,7 @@ class LeaseOperations:
 
         sent_at = time.monotonic()
         data = holder_data(lease.holder, ttl_s)
-        # A renewal still unanswered at the lease's deadline cannot help: the caller must
+        # A renewal without a reply by the lease's deadline cannot help: the caller must
         # then count the lease lost, so the wait ends there (at least one poll).
         wait_s = max(lease.valid_until - sent_at, MIN_RENEW_WAIT_S)
         with session_expiry_as_loss(self.store.url, lease):
@@ -220,7 +220,7 @@ class LeaseOperations:
 
         failure = first_failure(self.session.commit(operation, keep))
         if failure is not None:
-            self._raise_unless_answer(operation, failure[1])
+            self._raise_unless_condition_failed(operation, failure[1])
             return False
         return True
 
@@ -282,7 +282,7 @@ class LeaseOperations:
 
         A fenced transaction checks that the holder node exists. A holder node outlives
         its TTL until an acquirer deletes it, so once the caller's local deadline has
-        passed, this asks the server whether the TTL ran out. Raises ``LeaseLost``.
+        passed, this checks the TTL against the server's clock. Raises ``LeaseLost``.
         """
         self._check_session(lease, operation, at_risk_ok=True)
         if time.monotonic() >= lease.valid_until:
@@ -351,8 +351,8 @@ class LeaseOperations:
         fields = self.store.parse_object("kept lease", self.layout.lease(key), key_node[0])
         return fields if fields.get("released") else None
 
-    def _raise_unless_answer(self, operation: str, error: Exception) -> None:
-        if isinstance(error, ANSWER_ERRORS):
+    def _raise_unless_condition_failed(self, operation: str, error: Exception) -> None:
+        if isinstance(error, CONDITION_ERRORS):
             return
         with translate_errors(self.store.url, operation):
             raise error

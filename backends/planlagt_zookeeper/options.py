@@ -4,8 +4,8 @@ Forms (``zk://`` and ``kazoo://`` are aliases of ``zookeeper://``)::
 
     zookeeper://[user:password@]host[:port][,host[:port]...][/chroot][?options]
 
-Several hosts are the members of one ensemble; kazoo connects to one of them and moves to
-another, within the same session, when the connection drops. The port defaults to 2181.
+Several hosts are the members of one ensemble. kazoo connects to one of them, and when the
+connection drops it moves to another within the same session. The port defaults to 2181.
 The path is a chroot: every node the backend writes lies below it, and the backend creates
 it when missing. ``user:password`` turns on ZooKeeper's ``digest`` authentication, and
 every node the backend creates then gets an ACL that grants access to that user only.
@@ -64,7 +64,7 @@ DEFAULT_SESSION_TIMEOUT_S = 60.0
 """Session timeout requested by default, in seconds.
 
 A lease's TTL cannot be longer than the session timeout the server grants, so the default
-asks for a long one; a server with default settings grants at most 40 s (20 ticks of 2 s).
+requests a long one. A server with default settings grants at most 40 s (20 ticks of 2 s).
 """
 
 SCHEMES = ("zookeeper", "zk", "kazoo")

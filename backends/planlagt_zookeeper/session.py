@@ -3,8 +3,8 @@
 Every request of the backend goes through :class:`ZooKeeperSession`, which waits for it at
 most ``request_timeout`` seconds and translates kazoo's errors. kazoo keeps one session
 across connections: when a connection drops it reports SUSPENDED and reconnects, to any
-host of the ensemble, within the same session; when the server says the session expired it
-reports LOST and starts a new session, whose ephemeral nodes are new.
+host of the ensemble, within the same session; when the server reports that the session expired
+it reports LOST and starts a new session, whose ephemeral nodes are new.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from kazoo.security import CREATOR_ALL_ACL
 
 from planlagt_core.errors import BackendError, BackendUnavailable
 
-from .errors import ANSWER_ERRORS, translate_errors
+from .errors import CONDITION_ERRORS, translate_errors
 from .options import ZooKeeperOptions
 
 __all__ = ["ConnectionState", "ZooKeeperSession", "first_failure"]
@@ -69,7 +69,7 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class ConnectionState:
-    """What the backend knows of its session, in kazoo's terms."""
+    """The state of the backend's session, in kazoo's terms."""
 
     CONNECTED = "connected"
     """Connected: requests reach the server, and the session's ephemeral nodes exist."""
@@ -78,7 +78,7 @@ class ConnectionState:
     """The connection dropped: the session may still be alive; kazoo is reconnecting."""
 
     EXPIRED = "expired"
-    """The server said the session expired: its ephemeral nodes are gone."""
+    """The server reported that the session expired: its ephemeral nodes are gone."""
 
 
 def first_failure(results: Sequence[Any]) -> tuple[int, Exception] | None:
@@ -115,7 +115,7 @@ class ZooKeeperSession:
         """Return the connected client, connecting first when needed.
 
         Raises ``BackendError`` after :meth:`close`, and ``BackendUnavailable`` when no host
-        answered within ``connect_timeout`` per host.
+        responded within ``connect_timeout`` per host.
         """
         with self._lock:
             if self._closed:
@@ -238,7 +238,7 @@ class ZooKeeperSession:
     def call_all(self, operation: str, starts: Sequence[AsyncStart]) -> list[Any]:
         """Send several requests at once and return their results in order.
 
-        A request that failed with an answer error (as :meth:`call` lets through) has the
+        A request that failed with one of the errors :meth:`call` lets through has the
         exception object in its place; any other error is raised, translated.
         """
         client = self.client(operation)
@@ -247,7 +247,7 @@ class ZooKeeperSession:
             results = []
             for result in pending:
                 result.wait(self.options.request_timeout_s)
-                results.append(_answer_or_raise(result))
+                results.append(_result_or_condition_error(result))
             return results
 
     def commit(self, operation: str, build: Callable[[TransactionRequest], None]) -> list[Any]:
@@ -259,12 +259,12 @@ class ZooKeeperSession:
             return transaction.commit_async().get(timeout=self.options.request_timeout_s)
 
 
-def _answer_or_raise(result: IAsyncResult) -> Any:
+def _result_or_condition_error(result: IAsyncResult) -> Any:
     if not result.ready():
         raise KazooTimeoutError("no reply within the request timeout")
     try:
         return result.get(block=False)
-    except ANSWER_ERRORS as exc:
+    except CONDITION_ERRORS as exc:
         return exc
 
 
@@ -292,7 +292,7 @@ def _limit_connection_attempts(client: KazooClient, limit_s: float) -> None:
 
     kazoo (checked with 2.11) waits up to the whole requested session timeout for the TCP
     connection and, divided by the number of hosts, for the session handshake. A server
-    that accepts a connection while it starts up may never answer the handshake, which
+    that accepts a connection while it starts up may never reply to the handshake, which
     would keep the client away from every server for a minute with the default session
     timeout. NOTE: this wraps two private callables of this one client:
     ``ConnectionHandler._invoke`` (for the handshake request only) and the handler's
