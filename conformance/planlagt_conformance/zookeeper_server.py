@@ -73,7 +73,7 @@ DEFAULT_TICK_TIME_MS = 2000
 """ZooKeeper's default tick: session timeouts are granted between 2 and 20 ticks."""
 
 DEFAULT_MAX_SESSION_TIMEOUT_MS = 120_000
-"""Longest session timeout the test servers grant: above the conformance suite's longest lease TTL (60 s)."""
+"""Maximum session timeout the test servers grant: above the conformance suite's longest lease TTL (60 s)."""
 
 FOUR_LETTER_WORDS = "ruok,srvr,cons,conf,stat"
 FOUR_LETTER_TIMEOUT_S = 1.0
