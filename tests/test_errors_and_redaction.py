@@ -32,7 +32,6 @@ from planlagt_core.errors import (
     InvalidJob,
     InvalidSchedule,
     InvalidURL,
-    PluginLoadError,
     UnknownBackend,
 )
 from planlagt_core.plugins import installed_schemes
@@ -239,15 +238,36 @@ def test_unknown_scheme_lists_installed() -> None:
         assert scheme in message
 
 
-@pytest.mark.fast
-def test_etcd_scheme_names_extra() -> None:
-    # Without an etcd entry point this is an unknown scheme. With one whose plugin or client
-    # library is missing, it is a load error. Both messages name the extra to install.
-    with pytest.raises((UnknownBackend, PluginLoadError)) as caught:
-        connect("etcd://127.0.0.1:2379")
+# Connects to etcd:// in a process where the etcd client library (pyetcd) cannot be imported.
+MISSING_ETCD_CLIENT = textwrap.dedent(
+    """
+    import sys
 
-    assert 'pip install "planlagt[etcd]"' in str(caught.value)
-    assert "'etcd'" in str(caught.value)
+    sys.modules["pyetcd"] = None
+
+    from planlagt_core import connect
+    from planlagt_core.errors import PluginLoadError, UnknownBackend
+
+    try:
+        connect("etcd://127.0.0.1:2379")
+    except (UnknownBackend, PluginLoadError) as exc:
+        print(type(exc).__name__)
+        print(exc)
+    """
+)
+
+
+@pytest.mark.fast
+def test_etcd_without_client_names_extra() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MISSING_ETCD_CLIENT], capture_output=True, text=True, timeout=60, check=False
+    )
+    error_type, _, message = result.stdout.partition("\n")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert error_type in ("UnknownBackend", "PluginLoadError")
+    assert 'pip install "planlagt[etcd]"' in message
+    assert "'etcd'" in message
 
 
 # -- Redaction ---------------------------------------------------------------------------
