@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +34,9 @@ LOG = logging.getLogger(__name__)
 
 FIRE_STATE_MARGIN_S = 60.0
 """Extra time fire state is kept beyond the last moment any instance could still act on it."""
+
+CLOSED_CACHE_PRUNE_AT = 100_000
+"""Size at which the cache of closed fire times drops its expired entries."""
 
 FINISH_RETRY_S = 0.2
 """Pause between tries to record an outcome while the backend is unreachable."""
@@ -86,6 +90,8 @@ class Runner:
         self._instance_id = instance_id
         self._max_skew_s = max_skew_s
         self._call_async = call_async
+        self._closed: dict[tuple[str, float], float] = {}
+        self._closed_lock = threading.Lock()
 
     # -- Entry point ---------------------------------------------------------------
 
@@ -115,6 +121,8 @@ class Runner:
         if pending.check_first and not pending.manual:
             state = self._backend.get_fire(pending.job.name, pending.fire_time)
             if state is not None and state.outcome is not None:
+                return None
+            if self._knows_closed(pending):
                 return None
             if state is not None and state.attempts:
                 pending = replace(pending, attempted=True)
@@ -162,6 +170,8 @@ class Runner:
             if state.began_with(lease.token):
                 released = True
                 return self._execute(pending, lease, state.attempts)
+            if state.outcome is not None:
+                self._remember_closed(pending)
             if state.outcome is None:
                 self._close(
                     pending, Outcome.FAILED, lease=lease, reason="attempt limit reached", attempt=state.attempts
@@ -333,6 +343,7 @@ class Runner:
             sent_at = self._clock.monotonic()
             try:
                 self._backend.finish_fire(record, lease=lease, keep_s=keep_s)
+                self._remember_closed_key((record.job, record.fire_time), keep_s)
                 break
             except LeaseLost:
                 LOG.error(
@@ -443,6 +454,29 @@ class Runner:
             LOG.warning(
                 "Could not release the lease on %r (token %d); it expires by its TTL: %s", lease.key, lease.token, exc
             )
+
+    # -- Fire times this instance saw closed ----------------------------------------
+
+    def _remember_closed(self, pending: PendingFire) -> None:
+        self._remember_closed_key(pending.key, self.keep_s(pending))
+
+    def _remember_closed_key(self, key: tuple[str, float], keep_s: float) -> None:
+        """Remember a closed fire time for as long as the backend is asked to keep its state.
+
+        A backend that loses its data (a Redis server restarted without persistence) also
+        loses fire states; this local copy keeps the instance that closed a fire time from
+        running it again when the job comes back to it.
+        """
+        now = self._clock.time()
+        with self._closed_lock:
+            self._closed[key] = now + keep_s
+            if len(self._closed) > CLOSED_CACHE_PRUNE_AT:
+                self._closed = {k: until for k, until in self._closed.items() if until > now}
+
+    def _knows_closed(self, pending: PendingFire) -> bool:
+        with self._closed_lock:
+            until = self._closed.get(pending.key)
+        return until is not None and until > self._clock.time()
 
     # -- Fire state retention ------------------------------------------------------
 
