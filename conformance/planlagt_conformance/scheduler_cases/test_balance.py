@@ -102,5 +102,5 @@ def _check_takeover_time(
         takeover_s = min(starts) - terminated_at
         assert takeover_s <= timing.takeover_bound_s, (
             f"{job} first started {takeover_s:.2f} s after the SIGTERM of its instance; "
-            f"the bound is {timing.takeover_bound_s:g} s (lease TTL, two heartbeats and the tolerance)"
+            f"the bound is {timing.takeover_bound_s:g} s (see SchedulerTiming.takeover_bound_s)"
         )
