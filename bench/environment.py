@@ -41,7 +41,25 @@ def describe_environment() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "servers": _server_versions(),
         "clients": _client_versions(),
+        "source": source_revision(),
     }
+
+
+def source_revision() -> dict[str, Any]:
+    """Return the git commit measured and how many tracked files differed from it (other work in the tree)."""
+    root = Path(__file__).resolve().parents[1]
+    commit = _git(root, ["rev-parse", "--short=12", "HEAD"])
+    status = _git(root, ["status", "--porcelain", "--untracked-files=no"])
+    changed = [line[3:] for line in (status or "").splitlines() if line.strip()]
+    return {"commit": commit, "modified_tracked_files": len(changed)}
+
+
+def _git(root: Path, arguments: list[str]) -> str | None:
+    try:
+        done = subprocess.run(["git", *arguments], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
 
 
 def _cpu_model() -> str:

@@ -47,6 +47,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """Return ``text`` safe inside a Markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _intro(results: dict[str, Any], source: str) -> str:
     mode = "full" if results["mode"] == "full" else "quick (scaled-down settings, not the issue's figures)"
     skipped = results.get("skipped_backends", {})
@@ -83,6 +88,14 @@ def _environment(results: dict[str, Any]) -> str:
         ["OS", env["os"]],
         ["Python", f"{env['python_implementation']} {env['python']}"],
     ]
+    source = env.get("source")
+    if source:
+        modified = f"{source['modified_tracked_files']} tracked files modified"
+        rows.append(["planlagt source at the start", f"commit {source['commit']}, {modified}"])
+    end = results.get("source_at_end")
+    if end:
+        modified = f"{end['modified_tracked_files']} tracked files modified"
+        rows.append(["planlagt source at the end", f"commit {end['commit']}, {modified}"])
     rows += [[f"server: {name}", version or "not installed"] for name, version in env["servers"].items()]
     rows += [[f"client: {name}", version or "not installed"] for name, version in env["clients"].items()]
     return "## Machine and versions\n\n" + _table(["", "version"], rows)
@@ -360,7 +373,9 @@ def _peers_table(peers: dict[str, Any]) -> str:
             body.append([system, "not measured: " + reason] + [""] * 6)
             continue
         killed = r["killed_fire_time"]
-        retried = "no kill" if killed is None else ("yes" if killed["completed_elsewhere"] else "no")
+        retried = "no kill"
+        if killed is not None:
+            retried = "yes" if killed["completed_elsewhere"] else "no"
         balance = r["balance_before_kill"]
         body.append(
             [
@@ -411,16 +426,47 @@ def _peers_table(peers: dict[str, Any]) -> str:
 
 
 def _notes(results: dict[str, Any]) -> str:
-    notes = results.get("notes", [])
-    if not notes:
-        return ""
-    return "## Findings\n\n" + "\n".join(f"- {note}" for note in notes)
+    """Return the cost model behind the load figures and what batching claims would change."""
+    spec = [r for r in results.get("load", []) if r["backend"] == "redis" and r["jobs"] == 1000]
+    lines = [
+        "## Cost model and what would close the gaps",
+        "",
+        "- Per fire time the owning instance makes four backend round trips: `acquire` (the job's lease, "
+        "with a new fencing token), `begin_attempt` (fenced), `finish_fire` (fenced, with the run record) "
+        "and `release`, plus lease renewals for runs longer than a heartbeat. Claims are not batched per "
+        "instance and fire instant, so at 1,000 jobs per second the three instances make about 4,000 "
+        "requests per second.",
+        "- Heartbeats (`heartbeat` + `read_control`, one each per instance per heartbeat) are the part "
+        "that grows with the number of instances; their share of the round trips per fire time falls as "
+        "the job rate rises.",
+        "- Batching would need a backend operation that claims every job an instance owns at one fire "
+        "instant in one request (acquire and begin the attempt for N keys, returning the tokens and "
+        "states), and one that closes and releases a batch of finished runs, in the contract on "
+        "`planlagt_core.backend.Backend` with a Lua script on Redis and one statement or transaction "
+        "elsewhere; the timer would hand the scheduler all due jobs of an instant at once. Round trips "
+        "per fire time would then fall from about 4 to about 2 divided by the number of jobs due at that "
+        "instant on the instance.",
+    ]
+    for r in spec:
+        lateness = r["lateness_ms"]
+        cpu_values = [value for value in r["cpu_s_per_instance"].values() if value is not None]
+        cpu_per_run_ms = 1000 * sum(cpu_values) / r["completed"] if r["completed"] else None
+        lines.append(
+            f"- Measured at {r['jobs']} jobs per second over {r['instances']} instances on Redis: "
+            f"{r['completed']} of {r['fire_times']} fire times completed, {r['missed']} missed, p99 lateness "
+            f"{lateness['p99']} ms against the target of {targets.LATENESS_P99_MS:g} ms; CPU seconds per "
+            f"instance over the {r['duration_s']:g} s window: "
+            f"{', '.join(str(v) for v in r['cpu_s_per_instance'].values())} "
+            f"({'n/a' if cpu_per_run_ms is None else f'{cpu_per_run_ms:.1f}'} ms of instance CPU per completed run) "
+            f"on {results['environment']['cores']} cores shared with the Redis server and the benchmark itself."
+        )
+    return "\n".join(lines)
 
 
 def _errors(errors: list[dict[str, Any]]) -> str:
     if not errors:
         return ""
-    body = [[e["measurement"], e.get("backend", ""), e["error"]] for e in errors]
+    body = [[e["measurement"], e.get("backend", ""), _cell(e["error"])] for e in errors]
     return "## Measurements that failed in this run\n\n" + _table(["measurement", "backend", "error"], body)
 
 

@@ -32,7 +32,7 @@ FAILOVER_MARGIN_S = 1.0
 """Fail-over within the lease TTL plus this margin, seconds."""
 
 BALANCE_MAX_OVER_MIN = 1.25
-"""Most runs per instance over fewest, at most."""
+"""Maximum completed runs per instance over the minimum, at most."""
 
 
 def at_most(value: float | None, limit: float, unit: str = "") -> str:

@@ -2,8 +2,8 @@
 
 Run as ``python -m bench.peers.apscheduler_instance CONFIG.json``. Each process runs an
 ``AsyncScheduler`` (scheduler and worker roles) on a ``SQLAlchemyDataStore`` over asyncpg
-with an ``AsyncpgEventBroker``, adds one schedule per job of the workload (the first
-process to add a schedule wins, the others leave it), and journals every run.
+with an ``AsyncpgEventBroker`` and adds one schedule per job of the workload. The first
+process to add a schedule wins and the others leave it. Every run is journaled.
 
 The clock offset is injected where APScheduler reads the time: the ``datetime`` name in
 its scheduler and SQLAlchemy data-store modules is replaced by a subclass whose ``now()``

@@ -45,8 +45,11 @@ def measure_peers(servers: Any, workdir: Path, *, duration_s: float, systems: li
     The systems run at the same time (the workload is light: eleven jobs per system), so
     they share the window, the machine's load and the kill instant.
     """
-    progress(f"  peers: {', '.join(systems)} side by side, 3 instances each, clocks offset -150/0/+150 ms, "
-             f"{duration_s:g} s, one SIGKILL each")  # fmt: skip
+    offsets = "/".join(f"{1000 * offset:+.0f}" for offset in workload.CLOCK_OFFSETS_S)
+    progress(
+        f"  peers: {', '.join(systems)} side by side, 3 instances each, clocks offset {offsets} ms, "
+        f"{duration_s:g} s, one SIGKILL each"
+    )  # fmt: skip
     state_dirs = {system: workdir / f"m6-{system}" for system in systems}
     fleets = {system: Fleet(state_dirs[system]) for system in systems}
     names = [f"i{index + 1}" for index in range(len(workload.CLOCK_OFFSETS_S))]
