@@ -106,7 +106,8 @@ class Capabilities:
     increasing across a restart of the server that loses its memory. ``session_bound_leases``
     is true where a lease lives as long as the client's session rather than a per-key TTL.
     ``multi_process`` and ``multi_host`` say who can share one backend. ``server_clock`` is
-    true where expiry is decided by one clock shared by all clients.
+    true where expiry is decided by one clock shared by all clients. ``server_process`` is
+    false for embedded backends that have no server process to stop, pause or restart.
     """
 
     min_ttl_s: float
@@ -116,6 +117,7 @@ class Capabilities:
     multi_process: bool = True
     multi_host: bool = True
     server_clock: bool = True
+    server_process: bool = True
     features: frozenset[Feature] = field(default_factory=lambda: frozenset(Feature))
 
     def supports(self, feature: Feature) -> bool:
@@ -131,6 +133,7 @@ class Capabilities:
             "multi_process": self.multi_process,
             "multi_host": self.multi_host,
             "server_clock": self.server_clock,
+            "server_process": self.server_process,
             "features": sorted(feature.value for feature in self.features),
         }
 

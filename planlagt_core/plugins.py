@@ -63,11 +63,17 @@ class PluginInfo:
         }
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    found: dict[str, metadata.EntryPoint] = {}
+def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
+    """Return the registered entry points by scheme; a scheme may come from several distributions."""
+    found: dict[str, list[metadata.EntryPoint]] = {}
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(entry_point.name, entry_point)
+        found.setdefault(entry_point.name, []).append(entry_point)
     return found
+
+
+def _distribution_name(entry_point: metadata.EntryPoint) -> str:
+    dist = entry_point.dist
+    return dist.metadata["Name"] if dist is not None else "unknown distribution"
 
 
 def installed_schemes() -> tuple[str, ...]:
@@ -84,6 +90,11 @@ def load_backend_class(scheme: str) -> type[Backend]:
     entry_points = _entry_points()
     if scheme not in entry_points:
         raise _unknown_scheme(scheme, tuple(sorted(entry_points)))
+    if len(entry_points[scheme]) > 1:
+        names = ", ".join(sorted(_distribution_name(ep) for ep in entry_points[scheme]))
+        raise PluginLoadError(
+            f"backend scheme {scheme!r} is registered by several distributions ({names}); uninstall all but one"
+        )
     failure: list[BaseException] = []
     try:
         manager = DriverManager(
@@ -94,12 +105,12 @@ def load_backend_class(scheme: str) -> type[Backend]:
         )
     except NoMatches:
         if failure:
-            raise _load_error(scheme, entry_points[scheme], failure[0]) from failure[0]
+            raise _load_error(scheme, entry_points[scheme][0], failure[0]) from failure[0]
         raise _unknown_scheme(scheme, tuple(sorted(entry_points))) from None
     backend_class = manager.driver
     if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
         raise PluginLoadError(
-            f"plugin for scheme {scheme!r} ({entry_points[scheme].value}) is not a planlagt Backend subclass"
+            f"plugin for scheme {scheme!r} ({entry_points[scheme][0].value}) is not a planlagt Backend subclass"
         )
     return backend_class
 
@@ -127,24 +138,25 @@ def list_plugins() -> list[PluginInfo]:
     A plugin that fails to import is listed with the error instead of raising.
     """
     plugins = []
-    for scheme, entry_point in sorted(_entry_points().items()):
-        dist = entry_point.dist
+    for scheme, entry_points in sorted(_entry_points().items()):
         backend_class: type[Backend] | None = None
         error = None
         try:
             backend_class = load_backend_class(scheme)
         except PluginLoadError as exc:
             error = str(exc)
-        plugins.append(
-            PluginInfo(
-                scheme=scheme,
-                target=entry_point.value,
-                distribution=dist.metadata["Name"] if dist is not None else "unknown",
-                version=dist.version if dist is not None else "unknown",
-                backend=backend_class,
-                error=error,
+        for entry_point in entry_points:
+            dist = entry_point.dist
+            plugins.append(
+                PluginInfo(
+                    scheme=scheme,
+                    target=entry_point.value,
+                    distribution=_distribution_name(entry_point),
+                    version=dist.version if dist is not None else "unknown",
+                    backend=backend_class,
+                    error=error,
+                )
             )
-        )
     return plugins
 
 
@@ -160,8 +172,7 @@ def _unknown_scheme(scheme: str, installed: tuple[str, ...]) -> UnknownBackend:
 
 
 def _load_error(scheme: str, entry_point: metadata.EntryPoint, exc: BaseException) -> PluginLoadError:
-    dist = entry_point.dist
-    dist_name = dist.metadata["Name"] if dist is not None else "unknown distribution"
+    dist_name = _distribution_name(entry_point)
     cause = redact_url(f"{type(exc).__name__}: {exc}")
     hint = ""
     if isinstance(exc, ImportError) and scheme in EXTRA_FOR_SCHEME:

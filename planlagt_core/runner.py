@@ -227,10 +227,21 @@ class Runner:
         return None
 
     def _give_up(self, pending: PendingFire) -> PendingFire | None:
-        lease = self._backend.acquire(
-            self.lease_key(pending), pending.job.policy.lease_ttl_s, holder=self._holder(pending)
-        )
+        """Close an attempted fire time whose retry window passed, under the job's lease."""
+        job = pending.job
+        lease = self._backend.acquire(self.lease_key(pending), job.policy.lease_ttl_s, holder=self._holder(pending))
         if lease is None:
+            # A holder of the job's key may still finish this fire time; close it once the
+            # key is free, unless that takes longer than the retry window plus two TTLs.
+            deadline = job.schedule.next_after(_utc(pending.fire_time)).timestamp() + 2 * job.policy.lease_ttl_s
+            now = self._clock.time()
+            if now < deadline:
+                return pending.later(now + job.policy.effective_heartbeat_s, "closing after the retry window")
+            LOG.warning(
+                "Job %r fire time %s stays open: its key was held past the retry window",
+                job.name,
+                _iso(pending.fire_time),
+            )
             return None
         try:
             self._close(pending, Outcome.FAILED, lease=lease, reason="retry window closed: the next fire time arrived")
@@ -299,7 +310,7 @@ class Runner:
         )
         if running.context.lease_state is LeaseState.LOST:
             self._record_attempt(replace(base, outcome=Outcome.LEASE_LOST, reason="lease lost during the run"), error)
-            return None
+            return self._after_lost_lease(pending)
         if error is not None:
             failed = replace(
                 base, outcome=Outcome.FAILED, error_type=type(error).__name__, error_message=str(error)[:2000]
@@ -318,6 +329,15 @@ class Runner:
         outcome = Outcome.TIMED_OUT if running.timed_out else Outcome.SUCCEEDED
         self._finish(replace(base, outcome=outcome), lease, None, self.keep_s(pending))
         return None
+
+    def _after_lost_lease(self, pending: PendingFire) -> PendingFire:
+        """Come back to a fire time whose attempt lost its lease.
+
+        Another instance may have taken the fire time over; if not, this instance retries
+        it, within the attempt limit and before the next fire time, or closes it then.
+        """
+        retry_at = self._clock.time() + pending.job.policy.effective_heartbeat_s
+        return pending.later(retry_at, "lease lost during the run", attempted=True)
 
     def _retry(self, pending: PendingFire, attempt: int) -> PendingFire | None:
         job = pending.job
@@ -366,6 +386,11 @@ class Runner:
                         record.job,
                         _iso(record.fire_time),
                         exc,
+                    )
+                    record = replace(
+                        record,
+                        outcome=Outcome.LEASE_LOST,
+                        reason=f"finished as {record.outcome.value}; backend unreachable until the lease ran out",
                     )
                     break
                 time.sleep(FINISH_RETRY_S)

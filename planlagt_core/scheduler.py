@@ -61,12 +61,14 @@ MAX_CATCH_UP_FIRE_TIMES = 100
 """Most fire times of one job examined when this instance takes the job over."""
 
 LOOK_BACK_HORIZONS_S = (3600.0, 86400.0, 32 * 86400.0, 367 * 86400.0)
+"""Widening windows searched for a job's latest fire time when taking the job over."""
 LOOK_BACK_LIMIT = 10_000
+"""Most fire times read in one of those windows."""
+
 MAX_PENDING = 100_000
 """Most fire times held while ownership is unknown; beyond it they are dropped and logged."""
 FRESH_VIEW_MARGIN_S = 0.5
 """Slack on top of two heartbeats before a membership view counts as stale."""
-"""Widening windows searched for a job's latest fire time when taking the job over."""
 
 _STARTED: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
@@ -135,6 +137,7 @@ class Scheduler:
         self._pending: dict[tuple[str, float], PendingFire] = {}
         self._inflight: set[tuple[str, float]] = set()
         self._dropped_pending = 0
+        self._failed_beats = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -434,10 +437,23 @@ class Scheduler:
         try:
             view, gained = self._membership.beat()
         except BackendUnavailable as exc:
-            LOG.warning(
-                "Heartbeat of instance %s failed; no job starts until the backend is back: %s", self.instance_id, exc
-            )
+            self._failed_beats += 1
+            # One warning per outage, then every hundredth failure, so a long outage does
+            # not flood the log.
+            level = logging.WARNING if self._failed_beats == 1 or self._failed_beats % 100 == 0 else logging.DEBUG
+            LOG.log(
+                level,
+                "Heartbeat of instance %s failed (%d in a row); no job starts until the backend is back: %s",
+                self.instance_id, self._failed_beats, exc,
+            )  # fmt: skip
             return
+        if self._failed_beats:
+            LOG.info(
+                "Backend reachable again from instance %s after %d failed heartbeats",
+                self.instance_id,
+                self._failed_beats,
+            )
+            self._failed_beats = 0
         first_view = self.last_backend_contact is None
         self.last_backend_contact = self.clock.monotonic()
         if gained:
@@ -603,7 +619,9 @@ class Scheduler:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._membership is not None:
             self._membership.leave()
-        if self._loop is not None:
+        if self._loop is not None and not self._busy():
+            # With coroutines still running the loop keeps going (its thread is a daemon):
+            # stopping it would leave their worker threads waiting forever.
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._owns_backend:
             self.backend.close()

@@ -271,11 +271,6 @@ def test_scheduler_cases_pass(example_plugin: Path, tmp_path: Path):
     assert not unjustified, "scheduler cases skipped without a justified reason:\n" + "\n".join(unjustified)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler cases recognise serverless backends by a fixed list of schemes (sqlite, memory), "
-    "so a third-party serverless plugin is told its server is not managed by the run",
-)
 def test_server_fault_skips_say_no_server(example_plugin: Path, tmp_path: Path):
     results = run_scheduler_cases(f"{SCHEME}://{tmp_path / 'state'}", tmp_path, pattern=SERVER_FAULT_MODULE)
 
@@ -374,10 +369,6 @@ def test_conformance_names_plugin_import_failure(broken_plugin_path: Path, tmp_p
     assert MISSING_CLIENT in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planlagt_core.plugins lets stevedore's MultipleMatches escape when two distributions register a scheme",
-)
 def test_scheme_registered_twice_reported(example_plugin: Path, site_path: Path):
     write_distribution(site_path, "planlagt-second-fcntl", {SCHEME: "planlagt_memory:MemoryBackend"}, {})
 

@@ -497,11 +497,6 @@ ASYNC_STOP_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stop() stops the event loop under a running coroutine, so its worker thread waits forever "
-    "and the process cannot exit",
-)
 def test_stop_during_async_run_exits() -> None:
     # Run in a child process, because a worker thread that never ends blocks interpreter exit.
     try:

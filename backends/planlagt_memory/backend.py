@@ -51,6 +51,7 @@ class MemoryBackend(Backend):
         durable_fencing_tokens=False,
         multi_process=False,
         multi_host=False,
+        server_process=False,
         server_clock=True,
     )
 

@@ -84,6 +84,7 @@ class SQLiteBackend(Backend):
         durable_fencing_tokens=True,
         multi_process=True,
         multi_host=False,
+        server_process=False,
         server_clock=True,
     )
 

@@ -12,10 +12,7 @@ from planlagt_conformance.scenario import Scenario
 from planlagt_conformance.scheduler_cases._support import SchedulerTiming
 from planlagt_conformance.scheduler_cases.server_control import SERVER_CONTROL_ENV, ServerControl
 from planlagt_core.backend import Backend, Capabilities
-from planlagt_core.url import parse_url, redact_url
-
-SERVERLESS_SCHEMES = frozenset({"sqlite", "memory"})
-"""Schemes of backends that keep their state in this host's files or memory, with no server process."""
+from planlagt_core.url import redact_url
 
 
 @pytest.fixture
@@ -60,7 +57,7 @@ def server_control(backend_url: str) -> ServerControl:
     Skips the case when the backend has no server process, or when no process that
     manages the server at ``backend_url`` serves fault requests to this run.
     """
-    if parse_url(backend_url).scheme in SERVERLESS_SCHEMES:
+    if not backend_class_for(backend_url).capabilities.server_process:
         pytest.skip("backend has no server process")
     control = ServerControl.from_environment()
     if control is None or control.url() != backend_url:

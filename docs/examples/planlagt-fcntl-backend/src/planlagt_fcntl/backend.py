@@ -104,6 +104,7 @@ class FcntlBackend(Backend):
         durable_fencing_tokens=True,
         multi_process=True,
         multi_host=False,
+        server_process=False,
         server_clock=True,
     )
 
