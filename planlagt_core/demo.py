@@ -55,6 +55,8 @@ class Tally:
     per_instance_job: dict[str, dict[str, int]] = field(default_factory=dict)
     killed_instance: str | None = None
     missed_fire_times: list[str] = field(default_factory=list)
+    window_start: float = 0.0
+    window_end: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,8 @@ class Tally:
             "retried_after_kill": self.retried_after_kill,
             "per_instance": dict(sorted(self.per_instance.items())),
             "killed_instance": self.killed_instance,
+            "window_start": _iso(self.window_start),
+            "window_end": _iso(self.window_end),
         }
 
 
@@ -211,7 +215,7 @@ def tally_journal(journal: Path, start: float, end: float) -> Tally:
     by_fire: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for line in _read_journal(journal):
         by_fire[(line["job"], line["fire_time"])].append(line)
-    tally = Tally(fire_times=len(expected))
+    tally = Tally(fire_times=len(expected), window_start=start, window_end=end)
     per_job: dict[str, Counter[str]] = defaultdict(Counter)
     for key in expected:
         _tally_fire_time(tally, key, by_fire.get(key, []), per_job)
@@ -237,6 +241,10 @@ def _tally_fire_time(
     else:
         tally.missed += 1
         tally.missed_fire_times.append(f"{key[0]}@{key[1]}")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
 
 
 def _report(tally: Tally, as_json: bool, kept_journal: Path | None) -> None:
