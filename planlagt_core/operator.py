@@ -28,13 +28,20 @@ from .url import backend_url_from_env
 
 __all__ = ["ClusterStatus", "InstanceStatus", "JobStatus", "Operator", "TriggerResult"]
 
+HISTORY_SCAN_FOR_STATUS = 1000
+"""Newest run records read to find jobs that ran but are no longer announced."""
+
 TRIGGER_POLL_S = 0.2
 """How often ``trigger(wait=True)`` reads the fire state of the manual run."""
 
 
 @dataclass
 class JobStatus:
-    """One job as the live instances announce it, with its last and current runs."""
+    """One job as the live instances announce it, with its last and current runs.
+
+    A job that only appears in recent run history (no live instance announces it) has
+    no schedule, zone, owner or next fire time.
+    """
 
     name: str
     schedule: str
@@ -132,6 +139,7 @@ class Operator:
             self._job_status(name, by_instance, name in paused, owners.get(name), now)
             for name, by_instance in sorted(definitions.items())
         ]
+        jobs += [self._history_only_status(name, name in paused) for name in self._jobs_in_history(definitions)]
         instances = [
             InstanceStatus(
                 instance_id=member.instance_id,
@@ -167,6 +175,23 @@ class Operator:
             age = self.history.success_age_s(name, now)
             status.success_overdue = age is None or age > max_age
         return status
+
+    def _jobs_in_history(self, announced: dict[str, Any]) -> list[str]:
+        """Return jobs with recent run records that no live instance announces (they stopped)."""
+        recent = self.backend.list_runs(limit=HISTORY_SCAN_FOR_STATUS)
+        return sorted({record.job for record in recent} - set(announced))
+
+    def _history_only_status(self, name: str, paused: bool) -> JobStatus:
+        return JobStatus(
+            name=name,
+            schedule="-",
+            timezone="-",
+            paused=paused,
+            next_fire_time=None,
+            owner=None,
+            last_run=_record_summary(self.history.last_run(name)),
+            running=self._running(name),
+        )
 
     def _running(self, job: str) -> dict[str, Any] | None:
         info = self.backend.inspect(f"job:{job}")

@@ -234,3 +234,41 @@ def test_operator_unknown_job_raises() -> None:
     operator = Operator("memory://")
     with pytest.raises(InvalidJob, match="unknown job 'nope'"):
         operator.pause("nope")
+
+
+def test_status_and_history_after_demo(server_url: str, tmp_path: Path) -> None:
+    backend = f"{server_url.rstrip('/')}/0?prefix=demo-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "PLANLAGT_BACKEND": backend}
+    demo = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "planlagt_core.cli",
+            "demo",
+            "--json",
+            "--duration",
+            "15",
+            "--instances",
+            "2",
+            "--backend",
+            backend,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr[-3000:]
+    cluster = {"cwd": tmp_path, "env": env}
+
+    status = cli(cluster, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    jobs = {job["name"]: job for job in json.loads(status.stdout)["jobs"]}
+    assert jobs["tick-a"]["last_run"]["outcome"] == "succeeded"
+    assert jobs["batch"]["last_run"] is not None
+
+    history = cli(cluster, "history", "--limit", "1000", "--json")
+    assert history.returncode == 0, history.stderr
+    records = [RunRecord.from_json(line) for line in history.stdout.splitlines()]
+    assert {"demo-1", "demo-2"} <= {record.instance_id for record in records}
