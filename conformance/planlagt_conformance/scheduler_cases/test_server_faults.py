@@ -12,7 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from planlagt_conformance.instance import JobSpec
+from planlagt_conformance.plugin import BackendFactory
 from planlagt_conformance.scenario import Journal, Scenario, expected_fire_times
 from planlagt_conformance.scheduler_cases._checks import (
     check_backend_agrees,
@@ -32,7 +35,8 @@ from planlagt_conformance.scheduler_cases._support import (
     wait_for_members,
 )
 from planlagt_conformance.scheduler_cases.server_control import ServerControl
-from planlagt_core.backend import Backend
+from planlagt_core.backend import Backend, Capabilities
+from planlagt_core.errors import BackendUnavailable
 
 IDS = ["instance-1", "instance-2", "instance-3"]
 JOBS = [
@@ -123,3 +127,49 @@ def test_long_server_pause(
     check_backend_agrees(observer, journal.tally(keys))
     check_leases_never_overlap(journal)
     check_one_valid_lease(journal)
+
+
+# -- Fencing tokens across a restart -------------------------------------------------
+#
+# A backend that declares durable_fencing_tokens must issue, after its server restarted
+# (and may have lost its memory), tokens greater than every token issued before.
+
+KEYS = ("durable-a", "durable-b")
+RECONNECT_DEADLINE_S = 60.0
+"""How long the backend may take to answer again after its server restarted."""
+
+
+def _acquire_until_answered(factory: BackendFactory, key: str, ttl_s: float) -> int:
+    """Acquire ``key`` with a new backend object, retrying while the server comes back up."""
+    deadline = time.monotonic() + RECONNECT_DEADLINE_S
+    while True:
+        backend = factory()
+        try:
+            lease = backend.acquire(key, ttl_s)
+            if lease is not None:
+                backend.release(lease)
+                return lease.token
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            backend.close()
+        time.sleep(0.2)
+
+
+def test_tokens_grow_across_restart(
+    capabilities: Capabilities, backend_factory: BackendFactory, server_control: ServerControl
+) -> None:
+    if not capabilities.durable_fencing_tokens:
+        pytest.skip("capability durable_fencing_tokens not declared")
+    ttl_s = max(capabilities.min_ttl_s, 1.0)
+    before = {key: _acquire_until_answered(backend_factory, key, ttl_s) for key in KEYS}
+
+    server_control.restart()
+
+    after = {key: _acquire_until_answered(backend_factory, key, ttl_s) for key in KEYS}
+    for key in KEYS:
+        assert after[key] > before[key], (
+            f"key {key!r}: token {after[key]} after the restart is not greater than {before[key]} before it, "
+            "but the backend declares durable_fencing_tokens"
+        )
