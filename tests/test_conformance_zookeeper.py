@@ -39,27 +39,10 @@ CASE_TIMEOUT_S = 180
 """Maximum time one case may run in the child process before pytest-timeout ends it."""
 
 RUN_TIMEOUT_S = 600.0
-"""Maximum time one child run may take: about a minute for the contract cases, about two for the scheduler cases."""
+"""Maximum time one child run may take: about 30 s for the contract cases, about two minutes for the scheduler cases."""
 
 NOT_MANAGED = "is not managed by this test run"
 MAX_MESSAGE_CHARS = 6000
-
-SUITE_TIMING_ISSUES = {
-    "test_paused_holder_loses_lease": (
-        "the batch run (4 s of work, every 5 s) ends during a pause of one TTL, so with the 4 s TTL the "
-        "paused holder never sees its lease lost while running; with 8 s of work every 15 s it passes"
-    ),
-    "test_short_server_pause": (
-        "the pause is 0.3 TTL, 1.2 s with the 4 s TTL, longer than the 1 s between tick fire times, so a "
-        "tick is skipped while the previous one waits for the server; with a 0.8 s pause it passes"
-    ),
-}
-"""Scheduler cases whose timing assumes a lease TTL of about 1 s and fails for the 4 s minimum of ZooKeeper.
-
-NOTE: the scheduler cases scale their TTL with ``min_ttl_s`` but not these work times and
-pauses. Each entry may fail here until the suite derives them from the TTL; a failure of
-any other case, or of these for another reason than a timing check, still fails the test.
-"""
 
 CONTRACT_SKIPS = {f"capability {name} is declared" for name in ("min_hold", "job_registry", "control", "run_retention")}
 """Each declared feature skips the one contract case that checks an undeclared feature."""
@@ -144,24 +127,10 @@ def read_junit(path: Path) -> list[CaseResult]:
     return results
 
 
-def check_results(
-    results: list[CaseResult],
-    allowed_skips: set[str],
-    directory: Path,
-    *,
-    allowed_failures: dict[str, str] | None = None,
-) -> None:
-    """Fail unless cases ran, none failed, at least one passed, and every skip gives an allowed reason.
-
-    A case named in ``allowed_failures`` may fail with an ``AssertionError``.
-    """
+def check_results(results: list[CaseResult], allowed_skips: set[str], directory: Path) -> None:
+    """Fail unless cases ran, none failed, at least one passed, and every skip gives an allowed reason."""
     assert results, f"no case ran; output in {directory / 'output.txt'}"
-    excused = allowed_failures or {}
-    failed = [
-        f"{case.name}: {case.message[:MAX_MESSAGE_CHARS]}"
-        for case in results
-        if case.outcome == "failed" and not (_base_name(case.name) in excused and "AssertionError" in case.message)
-    ]
+    failed = [f"{case.name}: {case.message[:MAX_MESSAGE_CHARS]}" for case in results if case.outcome == "failed"]
     assert not failed, (
         f"{len(failed)} of {len(results)} cases failed on ZooKeeper (output in {directory}):\n\n" + "\n\n".join(failed)
     )
@@ -188,11 +157,15 @@ def test_scheduler_cases_on_zookeeper(target: Target, tmp_path: Path):
     results = run_cases(SCHEDULER_CASES, target, tmp_path)
 
     allowed_skips = {target.allowed_skip} if target.allowed_skip else set()
-    check_results(results, allowed_skips, tmp_path, allowed_failures=SUITE_TIMING_ISSUES)
+    check_results(results, allowed_skips, tmp_path)
     passed = {_base_name(case.name) for case in results if case.outcome == "passed"}
-    required = {"test_killed_holder_is_replaced", "test_each_fire_time_completes_once"}
+    required = {
+        "test_killed_holder_is_replaced",
+        "test_paused_holder_loses_lease",
+        "test_each_fire_time_completes_once",
+    }
     if target.allowed_skip is None:
-        required |= {"test_restarted_server", "test_long_server_pause"}
+        required |= {"test_restarted_server", "test_short_server_pause", "test_long_server_pause"}
     assert required <= passed, f"cases that did not pass: {sorted(required - passed)}"
 
 

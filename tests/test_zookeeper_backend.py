@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -39,7 +40,7 @@ from planlagt_conformance.zookeeper_server import (
     zookeeper_classpath,
     zookeeper_url,
 )
-from planlagt_zookeeper import MIN_SESSION_TIMEOUT_S, ZooKeeperBackend, parse_zookeeper_url
+from planlagt_zookeeper import MIN_SESSION_TIMEOUT_S, MIN_TTL_S, ZooKeeperBackend, parse_zookeeper_url
 from planlagt_zookeeper.layout import NodeLayout, decode_name, encode_name, parse_run_node, run_node_prefix
 
 from planlagt_core import connect
@@ -340,7 +341,8 @@ def test_connect_builds_without_connecting():
 def test_capabilities_declared():
     capabilities = ZooKeeperBackend.capabilities
 
-    assert capabilities.min_ttl_s == MIN_SESSION_TIMEOUT_S == 4.0
+    assert capabilities.min_ttl_s == MIN_TTL_S == 1.0
+    assert MIN_SESSION_TIMEOUT_S == 4.0
     assert capabilities.session_bound_leases is True
     assert capabilities.durable_fencing_tokens is True
     assert capabilities.server_clock is True
@@ -491,7 +493,7 @@ def test_negotiated_timeout_is_read_back(local_server: ZooKeeperServer, backends
 
     assert local_server.min_session_timeout_ms == 4000, "the test server runs the default tick of 2 s"
     assert below_minimum.options.session_timeout_s == 1.0
-    assert below_minimum.session_timeout_s == 4.0 == ZooKeeperBackend.capabilities.min_ttl_s
+    assert below_minimum.session_timeout_s == MIN_SESSION_TIMEOUT_S == 4.0
     assert above_maximum.session_timeout_s == local_server.max_session_timeout_ms / 1000
     assert within.session_timeout_s == 7.5
 
@@ -518,10 +520,10 @@ def test_ttl_below_minimum_rejected(shared_url: str, backends: Backends):
     backend = backends(shared_url)
 
     with pytest.raises(ConfigurationError) as raised:
-        backend.acquire("report", 3.9)
+        backend.acquire("report", 0.9)
 
-    assert "3.9" in str(raised.value)
-    assert "4.0" in str(raised.value)
+    assert "0.9" in str(raised.value)
+    assert "1.0" in str(raised.value)
 
 
 # -- Fencing tokens ------------------------------------------------------------------------
@@ -607,6 +609,33 @@ def test_silent_server_skipped_after_timeout(shared_url: str, backends: Backends
     assert lease is not None, "the client must move past the silent servers to the real one"
 
 
+@pytest.mark.zookeeper
+def test_forked_child_opens_own_session(shared_url: str, backends: Backends):
+    backend = backends(shared_url)
+    lease = backend.acquire("parent-key", 10.0)
+    assert lease is not None
+    parent_session = current_session(backend)
+
+    child = os.fork()
+    if child == 0:  # the child: use and close the inherited backend object, then exit at once
+        status = 1
+        try:
+            child_lease = backend.acquire("child-key", 10.0)
+            child_session = current_session(backend)
+            backend.close()
+            status = 0 if child_lease is not None and child_session != parent_session else 2
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(wait_status) == 0, "the child could not use a session of its own"
+    assert current_session(backend) == parent_session
+    assert backend.renew(lease).token == lease.token, "the child's close must not end the parent's session"
+    info = backend.inspect("child-key")
+    assert info is not None, "the child's close must keep its own lease until its TTL"
+    assert info.released is True
+
+
 # -- TTL, kept leases and close ------------------------------------------------------------
 
 
@@ -615,13 +644,13 @@ def test_unrenewed_lease_taken_while_connected(shared_url: str, backends: Backen
     holder = backends(shared_url)
     taker = backends(shared_url, prefix=holder.prefix)
     started = time.monotonic()
-    stale = holder.acquire("report", 4.0)
+    stale = holder.acquire("report", 2.0)
     assert stale is not None
 
     fresh = wait_for(lambda: taker.acquire("report", 10.0), "the key to be taken after its TTL", 10.0)
     elapsed = time.monotonic() - started
 
-    assert elapsed >= 4.0 - EARLY_SLACK_S
+    assert elapsed >= 2.0 - EARLY_SLACK_S
     assert holder.connection_state == "connected", "the holder's session must still be alive"
     assert raw.exists(holder.layout.holder("report", stale.owner)) is None, "the stale holder node was not deleted"
     with pytest.raises(LeaseLost):
@@ -637,11 +666,11 @@ def test_kept_lease_lives_in_persistent_node(shared_url: str, backends: Backends
     assert lease is not None
 
     released_at = time.monotonic()
-    assert first.release(lease, keep_s=4.0) is True
+    assert first.release(lease, keep_s=2.0) is True
     key_data, key_stat = raw.get(first.layout.lease("report"))
     first.close()  # the session that held the lease ends; the kept lease must not depend on it
 
-    assert json.loads(key_data) == {"holder": "instance-a", "keep_ms": 4000, "released": True, "token": lease.token}
+    assert json.loads(key_data) == {"holder": "instance-a", "keep_ms": 2000, "released": True, "token": lease.token}
     assert key_stat.ephemeralOwner == 0
     assert raw.get_children(first.layout.lease("report")) == []
     info = second.inspect("report")
@@ -651,7 +680,7 @@ def test_kept_lease_lives_in_persistent_node(shared_url: str, backends: Backends
 
     taken = wait_for(lambda: second.acquire("report", 10.0), "the kept key to be free", 10.0)
     elapsed = time.monotonic() - released_at
-    assert elapsed >= 4.0 - EARLY_SLACK_S
+    assert elapsed >= 2.0 - EARLY_SLACK_S
     assert taken.token > lease.token
     assert json.loads(raw.get(first.layout.lease("report"))[0]) == {}
 
@@ -660,7 +689,7 @@ def test_kept_lease_lives_in_persistent_node(shared_url: str, backends: Backends
 def test_close_keeps_lease_until_ttl(shared_url: str, backends: Backends):
     holder = backends(shared_url)
     other = backends(shared_url, prefix=holder.prefix)
-    lease = holder.acquire("report", 4.0)
+    lease = holder.acquire("report", 2.0)
     assert lease is not None
 
     holder.close()

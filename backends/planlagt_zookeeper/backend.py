@@ -21,12 +21,23 @@ from .options import SCHEMES, ZooKeeperOptions, parse_zookeeper_url
 from .session import ZooKeeperSession
 from .store import NodeStore
 
-__all__ = ["MIN_SESSION_TIMEOUT_S", "ZooKeeperBackend"]
+__all__ = ["MIN_SESSION_TIMEOUT_S", "MIN_TTL_S", "ZooKeeperBackend"]
 
 LOG = logging.getLogger(__name__)
 
+MIN_TTL_S = 1.0
+"""The shortest lease TTL the backend accepts, in seconds.
+
+A chosen floor, not a server limit: each lease's TTL is checked against the leader's
+clock, whatever the session timeout. Below a second, request round trips and clock
+differences between servers after a leader change would take a noticeable share of it.
+"""
+
 MIN_SESSION_TIMEOUT_S = 4.0
-"""The shortest session timeout a ZooKeeper server grants with default settings: 2 ticks of 2 s."""
+"""The shortest session timeout a ZooKeeper server grants with default settings: 2 ticks of 2 s.
+
+Lease TTLs up to this fit in every session such a server grants.
+"""
 
 
 class ZooKeeperBackend(Backend):
@@ -46,9 +57,10 @@ class ZooKeeperBackend(Backend):
       than that timeout would promise more than the server keeps. ``acquire`` and ``renew``
       raise ``ConfigurationError`` for such a TTL. The timeout is the one the server
       granted (read back on every connection, :attr:`session_timeout_s`), never the one
-      requested with the ``session_timeout`` option. ``min_ttl_s`` is 4 s, the smallest
-      session timeout a server with the default tickTime of 2 s grants (2 ticks); it is
-      a class constant, so it does not follow a server configured with shorter ticks.
+      requested with the ``session_timeout`` option. ``min_ttl_s`` (1 s) is below the
+      shortest session timeout a server grants (4 s, 2 ticks of the default 2 s),
+      because the TTL is checked per lease against the server's clock: the session
+      timeout bounds it from above only.
     - **Server clock.** Every expiry (leases, kept leases, memberships, fire states) is a
       node's ``mtime``, stamped by the ZooKeeper leader's clock, plus a stored duration,
       compared with the leader's clock now (read by writing a clock node). NOTE: after a
@@ -63,7 +75,9 @@ class ZooKeeperBackend(Backend):
       released). A process that exits without ``close()`` leaves its session to expire
       on the server; an acquirer takes its keys once their TTLs have run out.
     - Renew, release and fenced writes must come from the backend that acquired the
-      lease: a lease is bound to that backend's session.
+      lease: a lease is bound to that backend's session. A backend object used in a
+      forked child process starts a session of its own there, and leaves the parent's
+      session (and leases) alone.
 
     Connection states, as kazoo reports them:
 
@@ -86,7 +100,7 @@ class ZooKeeperBackend(Backend):
     schemes: ClassVar[tuple[str, ...]] = SCHEMES
     client_library: ClassVar[str] = "kazoo"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        min_ttl_s=MIN_SESSION_TIMEOUT_S,
+        min_ttl_s=MIN_TTL_S,
         ttl_granularity_s=0.001,
         durable_fencing_tokens=True,
         session_bound_leases=True,

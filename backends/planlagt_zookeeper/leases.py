@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -67,10 +68,18 @@ class HeldLeases:
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _drop_if_forked(self) -> None:
+        # Leases remembered before a fork belong to the parent's session, not to a child's.
+        if self._pid != os.getpid():
+            self._leases.clear()
+            self._pid = os.getpid()
 
     def remember(self, lease: Lease) -> None:
         now = time.monotonic()
         with self._lock:
+            self._drop_if_forked()
             # Leases abandoned without a release are dropped once their TTL has passed.
             for owner in [owner for owner, held in self._leases.items() if held.valid_until < now]:
                 del self._leases[owner]
@@ -83,6 +92,7 @@ class HeldLeases:
     def take_all(self) -> list[Lease]:
         """Return every lease remembered and forget them."""
         with self._lock:
+            self._drop_if_forked()
             leases = list(self._leases.values())
             self._leases.clear()
         return leases

@@ -10,6 +10,7 @@ it reports LOST and starts a new session, whose ephemeral nodes are new.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,6 +105,7 @@ class ZooKeeperSession:
         self.url = url
         self._lock = threading.Lock()
         self._client: KazooClient | None = None
+        self._pid = os.getpid()
         self._closed = False
         self._negotiated_timeout_s: float | None = None
         self._timeout_known = threading.Event()
@@ -122,8 +124,14 @@ class ZooKeeperSession:
                 raise BackendError(
                     f"backend {self.url} is closed; create a new one with planlagt_core.connect()", backend=self.url
                 )
+            if self._client is not None and self._pid != os.getpid():
+                # A forked child shares the parent's socket: it must neither use nor close
+                # that client, or it would act in (or end) the parent's session.
+                LOG.info("Process %d was forked from %d: it starts a session of its own", os.getpid(), self._pid)
+                self._client = None
             if self._client is None:
                 self._client = self._connect(operation)
+                self._pid = os.getpid()
             return self._client
 
     def close(self) -> None:
@@ -137,8 +145,8 @@ class ZooKeeperSession:
                 return
             self._closed = True
             client, self._client = self._client, None
-        if client is None:
-            return
+        if client is None or self._pid != os.getpid():
+            return  # nothing to close, or the parent process's client
         try:
             client.stop()
         finally:
@@ -201,7 +209,7 @@ class ZooKeeperSession:
     def state(self) -> str:
         """Return a :class:`ConnectionState` value for the current session. Does not connect."""
         client = self._client
-        if client is None or self._closed:
+        if client is None or self._closed or self._pid != os.getpid():
             return ConnectionState.SUSPENDED
         if client.client_state == KeeperState.EXPIRED_SESSION:
             return ConnectionState.EXPIRED
