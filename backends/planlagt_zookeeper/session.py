@@ -2,9 +2,9 @@
 
 Every request of the backend goes through :class:`ZooKeeperSession`, which waits for it at
 most ``request_timeout`` seconds and translates kazoo's errors. kazoo keeps one session
-across connections: when a connection drops it reports SUSPENDED and reconnects, to any
-host of the ensemble, within the same session; when the server reports that the session expired
-it reports LOST and starts a new session, whose ephemeral nodes are new.
+across connections. When a connection drops, it reports SUSPENDED and reconnects to any
+host of the ensemble within the same session. When the server reports that the session
+expired, kazoo reports LOST and starts a new session, without the old one's ephemeral nodes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ LOG = logging.getLogger(__name__)
 
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 1.0
-"""Longest pause between two rounds of connection attempts over every host.
+"""Maximum pause between two rounds of connection attempts over every host.
 
 kazoo's default grows to an hour; a short one lets a restarted server or a surviving
 ensemble member take the session back within a second.
@@ -250,11 +251,12 @@ class ZooKeeperSession:
         exception object in its place; any other error is raised, translated.
         """
         client = self.client(operation)
+        deadline = time.monotonic() + self.options.request_timeout_s
         with translate_errors(self.url, operation):
             pending = [start(client) for start in starts]
             results = []
             for result in pending:
-                result.wait(self.options.request_timeout_s)
+                result.wait(max(0.0, deadline - time.monotonic()))
                 results.append(_result_or_condition_error(result))
             return results
 
