@@ -202,7 +202,7 @@ class ZooKeeperBackend(Backend):
 
     def _do_list_runs(self, job: str | None, limit: int, since: float | None, until: float | None) -> list[RunRecord]:
         self._ready("list_runs")
-        return self._history.list(job, limit, since, until)
+        return self._history.list_records(job, limit, since, until)
 
     def _do_trim_runs(self, max_per_job: int, max_age_s: float) -> int:
         """Trim run records, and delete every expired fire state under the prefix too."""

@@ -16,6 +16,7 @@ from kazoo.exceptions import NoNodeError
 from planlagt_core.models import RunRecord
 
 from .layout import decode_name, parse_run_node
+from .session import request
 from .store import NodeStore
 
 __all__ = ["RunHistory"]
@@ -48,7 +49,7 @@ class RunHistory:
         data = record.to_json().encode("utf-8")
         self.session.call("record_run", lambda client: client.create_async(prefix, data, sequence=True, makepath=True))
 
-    def list(self, job: str | None, limit: int, since: float | None, until: float | None) -> list[RunRecord]:
+    def list_records(self, job: str | None, limit: int, since: float | None, until: float | None) -> list[RunRecord]:
         nodes = sorted(self._nodes("list_runs", job, since, until), reverse=True)
         records: list[RunRecord] = []
         index = 0
@@ -79,9 +80,7 @@ class RunHistory:
     def _nodes(self, operation: str, job: str | None, since: float | None, until: float | None) -> list[RunNode]:
         jobs = [job] if job is not None else self._jobs(operation)
         directories = [self.layout.runs(name) for name in jobs]
-        listings = self.session.call_all(
-            operation, [lambda client, path=path: client.get_children_async(path) for path in directories]
-        )
+        listings = self.session.call_all(operation, [request("get_children", path) for path in directories])
         # One millisecond of slack on each bound: names round the fire time to the millisecond.
         lowest = -math.inf if since is None else math.floor(since * MS_PER_S) - 1
         highest = math.inf if until is None else math.ceil(until * MS_PER_S) + 1
@@ -105,9 +104,7 @@ class RunHistory:
         ]
 
     def _delete(self, nodes: list[RunNode]) -> int:
-        results = self.session.call_all(
-            "trim_runs", [lambda client, path=node.path: client.delete_async(path) for node in nodes]
-        )
+        results = self.session.call_all("trim_runs", [request("delete", node.path) for node in nodes])
         return sum(1 for result in results if not isinstance(result, NoNodeError))
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from kazoo.client import TransactionRequest
 from kazoo.exceptions import NoNodeError, SessionExpiredError
@@ -354,7 +355,7 @@ class LeaseOperations:
         fields = self.store.parse_object("lease", self.layout.holder(key, owner), data)
         return expires_at_ms(stat, self.store.parse("lease", self.layout.holder(key, owner), int, fields["ttl_ms"]))
 
-    def _kept(self, key: str, key_node: Node | None) -> dict[str, object] | None:
+    def _kept(self, key: str, key_node: Node | None) -> dict[str, Any] | None:
         """Return the kept lease stored in the key node, or None when it holds none."""
         if key_node is None or key_node[0] == FREE_KEY_DATA:
             return None

@@ -22,6 +22,7 @@ from planlagt_core.models import InstanceInfo
 
 from .layout import decode_name
 from .leases import to_ms
+from .session import request
 from .store import NodeStore, dump_json, expires_at_ms
 
 __all__ = ["MembershipOperations"]
@@ -51,7 +52,7 @@ class MembershipOperations:
 
     def leave(self, instance_id: str) -> None:
         paths = [self.layout.member(instance_id), self.layout.jobs(instance_id)]
-        self.session.call_all("leave", [lambda client, path=path: client.delete_async(path) for path in paths])
+        self.session.call_all("leave", [request("delete", path) for path in paths])
 
     def _write_member(self, path: str, data: bytes) -> ZnodeStat:
         """Write the member node (creating it when missing) and return its stat."""

@@ -30,7 +30,7 @@ from planlagt_core.errors import BackendError, BackendUnavailable
 from .errors import CONDITION_ERRORS, translate_errors
 from .options import ZooKeeperOptions
 
-__all__ = ["ConnectionState", "ZooKeeperSession", "first_failure"]
+__all__ = ["ConnectionState", "ZooKeeperSession", "first_failure", "request"]
 
 LOG = logging.getLogger(__name__)
 
@@ -81,6 +81,15 @@ class ConnectionState:
 
     EXPIRED = "expired"
     """The server reported that the session expired: its ephemeral nodes are gone."""
+
+
+def request(method: str, *args: Any, **kwargs: Any) -> AsyncStart:
+    """Return a start that calls ``client.METHOD_async(*args, **kwargs)``, such as ``request("get", path)``."""
+
+    def start(client: KazooClient) -> IAsyncResult:
+        return getattr(client, f"{method}_async")(*args, **kwargs)
+
+    return start
 
 
 def first_failure(results: Sequence[Any]) -> tuple[int, Exception] | None:

@@ -13,7 +13,7 @@ from kazoo.protocol.states import ZnodeStat
 
 from .errors import invalid_data
 from .layout import NodeLayout
-from .session import ZooKeeperSession
+from .session import ZooKeeperSession, request
 
 __all__ = ["Node", "NodeStore", "dump_json", "expires_at_ms"]
 
@@ -61,7 +61,7 @@ class NodeStore:
 
     def _create_layout(self, operation: str) -> None:
         for path in self.layout.directories:
-            self.session.call(operation, lambda client, path=path: client.ensure_path_async(path))
+            self.session.call(operation, request("ensure_path", path))
         with contextlib.suppress(NodeExistsError):
             self.session.call(operation, lambda client: client.create_async(self.layout.clock, b""))
 
@@ -76,7 +76,7 @@ class NodeStore:
 
     def read_all(self, operation: str, paths: Sequence[str]) -> list[Node | None]:
         """Read several nodes at once; a missing node gives None in its place."""
-        starts = [lambda client, path=path: client.get_async(path) for path in paths]
+        starts = [request("get", path) for path in paths]
         results = self.session.call_all(operation, starts)
         return [None if isinstance(result, NoNodeError) else result for result in results]
 
