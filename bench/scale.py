@@ -22,6 +22,8 @@ __all__ = ["measure_scale"]
 SCALE_LEASE_TTL_S = 30.0
 SCALE_HEARTBEAT_S = 10.0
 CLOCK_TICKS_PER_S = 100  # os.sysconf("SC_CLK_TCK") on Linux
+SCALE_READY_TIMEOUT_S = 240.0
+"""Longest wait for the instance to register its jobs and finish taking them over."""
 
 
 def measure_scale(backend: str, servers: Any, workdir: Path, *, jobs: int, idle_s: float) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def measure_scale(backend: str, servers: Any, workdir: Path, *, jobs: int, idle_
         config = {**settings.config("i1", state_dir, 1, 0.0), "wait_catch_up": True}
         launched = time.monotonic()
         fleet.spawn_module("i1", "bench.instance", config)
-        ready = fleet.wait_ready(["i1"], timeout_s=600)["i1"]
+        ready = fleet.wait_ready(["i1"], timeout_s=SCALE_READY_TIMEOUT_S)["i1"]
         launch_to_ready_s = time.monotonic() - launched
         pid = fleet.pid("i1")
         cpu_before, wall_before = _cpu_s(pid), time.monotonic()
