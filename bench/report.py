@@ -255,9 +255,9 @@ def _scale_table(rows: list[dict[str, Any]], mode: str) -> str:
     return (
         "## 3. Scale: many jobs in one instance\n\n"
         "Daily jobs, none firing during the measurement; default lease TTL (30 s) and heartbeat (10 s). "
-        "Build is creating the scheduler and registering the jobs; healthy is `start()` until the "
-        "first heartbeat; take-over done is when the fire times queued at start-up (the instance "
-        "takes every job over and checks its latest fire time) are all handled, counted from the "
+        "Build is creating the scheduler and registering the jobs. Healthy is `start()` until the "
+        "first heartbeat. At start-up the instance takes every job over and queues each job's latest "
+        "fire time for a check; take-over done is when those checks are all handled, counted from the "
         f"process's start of work. Idle CPU is in percent of one core.{scaled}\n\n"
         + _table(
             [
@@ -390,11 +390,12 @@ def _peers_table(peers: dict[str, Any]) -> str:
             ]
         )
     backends = "planlagt and lock-per-tick on the run's Redis server, APScheduler on its PostgreSQL server"
+    offsets = ", ".join(f"{1000 * offset:+.0f}" for offset in work["clock_offsets_s"])
     return (
         "## 6. Peers side by side\n\n"
-        f"Same workload for each system, run at the same time ({backends}): three instances with clocks "
-        f"offset by {', '.join(f'{1000 * o:+.0f}' for o in work['clock_offsets_s'])} ms; {work['short_jobs']} "
-        f"jobs every second working {1000 * work['short_work_s']:.0f} ms and one `long` job every "
+        f"Same workload for each system, run at the same time ({backends}). Each system has three instances "
+        f"with clocks offset by {offsets} ms; {work['short_jobs']} jobs every second working "
+        f"{1000 * work['short_work_s']:.0f} ms and one `long` job every "
         f"{work['long_period_s']} s working {work['long_work_s']:g} s; lease, lock or job-lease TTL "
         f"{work['lease_ttl_s']:g} s; {work['duration_s']:g} s window. In the middle of the window the instance "
         f"running `long` is SIGKILLed {work['kill_after_s']} s into the run. Duplicates are fire times completed "
@@ -416,7 +417,7 @@ def _peers_table(peers: dict[str, Any]) -> str:
         + "\n\n- planlagt: the scheduler in this repository, `max_attempts=3` for `long`, "
         "lease TTL 2 s, heartbeat 0.5 s."
         "\n- lock-per-tick: the pattern of the Go library synchronized-cron-task rebuilt on redis-py's `Lock` "
-        "(`bench/peers/lock_per_tick.py`): on every tick each instance tries a non-blocking lock named after "
+        "(`bench/peers/lock_per_tick.py`). On every tick each instance tries a non-blocking lock named after "
         "the job, extends it every 0.5 s while the job runs and releases it when the job ends."
         "\n- APScheduler: APScheduler 4 `AsyncScheduler` processes sharing a `SQLAlchemyDataStore` (asyncpg) "
         "with an `AsyncpgEventBroker`, one schedule per job, `lease_duration` 2 s, other settings default "
@@ -434,16 +435,17 @@ def _notes(results: dict[str, Any]) -> str:
         "- Per fire time the owning instance makes four backend round trips: `acquire` (the job's lease, "
         "with a new fencing token), `begin_attempt` (fenced), `finish_fire` (fenced, with the run record) "
         "and `release`, plus lease renewals for runs longer than a heartbeat. Claims are not batched per "
-        "instance and fire instant, so at 1,000 jobs per second the three instances make about 4,000 "
-        "requests per second.",
+        "instance and fire instant, so to keep up with 1,000 jobs per second the three instances would "
+        "need about 4,000 requests per second.",
         "- Heartbeats (`heartbeat` + `read_control`, one each per instance per heartbeat) are the part "
         "that grows with the number of instances; their share of the round trips per fire time falls as "
         "the job rate rises.",
         "- Batching would need a backend operation that claims every job an instance owns at one fire "
-        "instant in one request (acquire and begin the attempt for N keys, returning the tokens and "
-        "states), and one that closes and releases a batch of finished runs, in the contract on "
-        "`planlagt_core.backend.Backend` with a Lua script on Redis and one statement or transaction "
-        "elsewhere; the timer would hand the scheduler all due jobs of an instant at once. Round trips "
+        "instant in one request, acquiring and beginning the attempt for N keys and returning the tokens "
+        "and states. A second operation would close and release a batch of finished runs. Both belong in "
+        "the contract on `planlagt_core.backend.Backend`, as a Lua script on Redis and one statement or "
+        "transaction elsewhere, and the timer would hand the scheduler all due jobs of an instant at once. "
+        "Round trips "
         "per fire time would then fall from about 4 to about 2 divided by the number of jobs due at that "
         "instant on the instance.",
     ]
@@ -452,10 +454,10 @@ def _notes(results: dict[str, Any]) -> str:
         cpu_values = [value for value in r["cpu_s_per_instance"].values() if value is not None]
         cpu_per_run_ms = 1000 * sum(cpu_values) / r["completed"] if r["completed"] else None
         lines.append(
-            f"- Measured at {r['jobs']} jobs per second over {r['instances']} instances on Redis: "
-            f"{r['completed']} of {r['fire_times']} fire times completed, {r['missed']} missed, p99 lateness "
-            f"{lateness['p99']} ms against the target of {targets.LATENESS_P99_MS:g} ms; CPU seconds per "
-            f"instance over the {r['duration_s']:g} s window: "
+            f"- Measured at {r['jobs']:,} jobs per second over {r['instances']} instances on Redis: "
+            f"{r['completed']:,} of {r['fire_times']:,} fire times completed and {r['missed']:,} missed. "
+            f"The p99 lateness was {lateness['p99']} ms against the target of {targets.LATENESS_P99_MS:g} ms. "
+            f"CPU seconds per instance over the {r['duration_s']:g} s window: "
             f"{', '.join(str(v) for v in r['cpu_s_per_instance'].values())} "
             f"({'n/a' if cpu_per_run_ms is None else f'{cpu_per_run_ms:.1f}'} ms of instance CPU per completed run) "
             f"on {results['environment']['cores']} cores shared with the Redis server and the benchmark itself."
