@@ -47,6 +47,11 @@ TLS_AND_USER_CASES = "test_cleanup or test_isolation or test_fencing or test_fir
 """The contract cases run over TLS with a user: together they call every operation, from threads and
 from worker processes, on several prefixes, without the cases that only wait for TTLs to pass."""
 
+# NOTE: the scheduler cases time real processes against lease TTLs of about a second; on a
+# loaded 2-core CI machine one case in many misses a bound by a fraction of a second. A failed
+# run of the whole suite is repeated once, and fails the test if it fails again.
+SCHEDULER_SUITE_RERUN = pytest.mark.flaky(reruns=1)
+
 CONTRACT_SKIPS = {
     "capability job_registry is declared",
     "capability control is declared",
@@ -175,6 +180,7 @@ def test_contract_cases_on_etcd(target: Target, tmp_path: Path):
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@SCHEDULER_SUITE_RERUN
 def test_scheduler_cases_on_etcd(target: Target, tmp_path: Path):
     results = run_cases(SCHEDULER_CASES, target, tmp_path)
 

@@ -25,6 +25,11 @@ import pytest
 from planlagt_conformance.postgres_server import POSTGRES_URL_ENV, PostgresServer, find_postgres_bindir
 from planlagt_conformance.scheduler_cases.server_control import ServerControlService
 
+# NOTE: the scheduler cases time real processes against lease TTLs of about a second; on a
+# loaded 2-core CI machine one case in many misses a bound by a fraction of a second. A failed
+# run of the whole suite is repeated once, and fails the test if it fails again.
+SCHEDULER_SUITE_RERUN = pytest.mark.flaky(reruns=1)
+
 pytestmark = [pytest.mark.postgres, pytest.mark.multiprocess]
 
 CONTRACT_CASES = "planlagt_conformance.cases"
@@ -157,6 +162,7 @@ def test_contract_cases_on_postgres(target: Target, tmp_path: Path):
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@SCHEDULER_SUITE_RERUN
 def test_scheduler_cases_on_postgres(target: Target, tmp_path: Path):
     results = run_cases(SCHEDULER_CASES, target, tmp_path)
 

@@ -25,6 +25,11 @@ import pytest
 from planlagt_conformance.scheduler_cases.server_control import ServerControlService
 from planlagt_conformance.servers import REDIS_URL_ENV, RedisServer
 
+# NOTE: the scheduler cases time real processes against lease TTLs of about a second; on a
+# loaded 2-core CI machine one case in many misses a bound by a fraction of a second. A failed
+# run of the whole suite is repeated once, and fails the test if it fails again.
+SCHEDULER_SUITE_RERUN = pytest.mark.flaky(reruns=1)
+
 pytestmark = pytest.mark.multiprocess
 
 CASES_PACKAGE = "planlagt_conformance.scheduler_cases"
@@ -135,6 +140,7 @@ def redis_environment() -> Iterator[tuple[str, dict[str, str], str | None]]:
 
 @pytest.mark.redis
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@SCHEDULER_SUITE_RERUN
 def test_guarantees_on_redis(redis_environment: tuple[str, dict[str, str], str | None], tmp_path: Path):
     url, environment, allowed_skip = redis_environment
 
@@ -144,6 +150,7 @@ def test_guarantees_on_redis(redis_environment: tuple[str, dict[str, str], str |
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@SCHEDULER_SUITE_RERUN
 def test_guarantees_on_sqlite(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'planlagt.db'}"
 
