@@ -980,3 +980,15 @@ def test_keys_stay_under_prefix(server: EtcdServer):
     assert len(keys) == 8
     assert all(base64.b64decode(key).startswith(b"only-here:") for key in keys)
     backend.close()
+
+
+def test_ten_thousand_job_definitions(backends: Callable[..., EtcdBackend]) -> None:
+    """10,000 definitions are over etcd's request limit as plain JSON; they are stored compressed."""
+    backend = backends()
+    definitions = {f"job-{i}": {"name": f"job-{i}", "schedule": "0 3 * * *", "policy": {"n": i}} for i in range(10_000)}
+    backend.heartbeat(InstanceInfo(instance_id="many", heartbeat_s=1.0), 5.0)
+    backend.announce_jobs("many", definitions)
+    stored = backend.list_job_definitions()["many"]
+
+    assert len(stored) == 10_000
+    assert stored["job-9999"] == definitions["job-9999"]
