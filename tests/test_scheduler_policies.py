@@ -364,6 +364,9 @@ def test_missed_after_stall(
         lambda: any(r.fire_time == first and r.outcome is Outcome.SUCCEEDED for r in history(observer, "minutely")),
         "the fire time before the stall to run",
     )
+    # The run's record is written under its lease, just before the release; a stall that
+    # starts in between would make the latest stalled fire time find the run still going.
+    wait_for(lambda: observer.inspect("job:minutely") is None, "the run before the stall to release its lease")
     clock.offset_s += STALL_JUMP_S
     records = wait_for(lambda: closed_records(observer, "minutely", stalled), "every fire time of the stall to close")
 
