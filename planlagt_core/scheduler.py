@@ -481,6 +481,8 @@ class Scheduler:
         return not self._view_is_fresh() or self._owns(job)
 
     def _dispatch(self, pending: PendingFire) -> None:
+        # NOTE: a due fire time goes ahead of older fire times of the same job that wait
+        # for a takeover to be confirmed, and those are then closed as missed.
         if self._view_is_fresh():
             self._submit(pending)
             return
