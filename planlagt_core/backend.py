@@ -23,7 +23,7 @@ at risk
     held. A lease is at risk, never lost, until ``Lease.valid_until`` (local monotonic time
     measured from before the last successful request was sent, plus the TTL) has passed.
 lost
-    The backend said the lease is no longer held (:class:`~planlagt_core.errors.LeaseLost`),
+    The backend reported that the lease is no longer held (:class:`~planlagt_core.errors.LeaseLost`),
     or it was at risk past ``Lease.valid_until``. Unknown is never reported as lost or as
     held: only a server's answer or the passing of the TTL decides.
 
@@ -105,7 +105,7 @@ class Capabilities:
     the step TTLs are rounded up to. ``durable_fencing_tokens`` is true only if tokens keep
     increasing across a restart of the server that loses its memory. ``session_bound_leases``
     is true where a lease lives as long as the client's session rather than a per-key TTL.
-    ``multi_process`` and ``multi_host`` say who can share one backend. ``server_clock`` is
+    ``multi_process`` and ``multi_host`` state who can share one backend. ``server_clock`` is
     true where expiry is decided by one clock shared by all clients. ``server_process`` is
     false for embedded backends that have no server process to stop, pause or restart.
     """
@@ -139,7 +139,7 @@ class Capabilities:
 
 
 class LeaseState(str, enum.Enum):
-    """What the holder of a lease may assume, as defined in this module's docstring."""
+    """The state of a lease as its holder sees it, with the meanings defined in this module's docstring."""
 
     HELD = "held"
     AT_RISK = "at_risk"
@@ -172,7 +172,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class LeaseInfo:
-    """What :meth:`Backend.inspect` reports about the current holder of a key."""
+    """The current holder of a key, as :meth:`Backend.inspect` reports it."""
 
     key: str
     token: int
@@ -202,7 +202,7 @@ class Backend(abc.ABC):
 
     ``prefix`` (a URL option) isolates applications sharing one server: nothing one prefix
     writes is visible under another. Backends built from the same URL share state, as
-    instances of one service do; the one exception is ``memory://`` without a name, which
+    instances of one service do. The one exception is ``memory://`` without a name, which
     is private to the object.
     """
 
@@ -280,8 +280,8 @@ class Backend(abc.ABC):
 
         Returns True when the lease was still held and is now released, False when it had
         already expired or has another holder (which is left untouched). Renewing a
-        released lease raises ``LeaseLost``. ``keep_s > 0`` needs ``Feature.MIN_HOLD``;
-        while the key is kept, :meth:`inspect` reports the released lease's token with
+        released lease raises ``LeaseLost``. ``keep_s > 0`` needs ``Feature.MIN_HOLD``.
+        While the key is kept, :meth:`inspect` reports the released lease's token with
         ``released=True``, and a second ``release`` returns False without ending the keep.
         Atomic compare-and-delete (or compare-and-expire) on ``owner``.
         """
@@ -293,7 +293,7 @@ class Backend(abc.ABC):
         return self._do_release(lease, keep_s)
 
     def inspect(self, key: str) -> LeaseInfo | None:
-        """Return who holds ``key`` now, or None when it is free. Read-only."""
+        """Return the current holder of ``key``, or None when the key is free. Read-only."""
         self.check_key(key)
         return self._do_inspect(key)
 
@@ -310,10 +310,10 @@ class Backend(abc.ABC):
     ) -> FireState:
         """Begin an attempt at one fire time, fenced by ``lease`` (a lease on the job's key).
 
-        Atomically, and only while ``lease`` is held: when the fire time has a final
-        outcome or ``max_attempts`` attempts were begun already, return its state unchanged;
-        otherwise count one more attempt, store ``lease.token`` and ``lease.holder`` with it,
-        and return the new state. The attempt began exactly when
+        The whole step is atomic and happens only while ``lease`` is held. When the fire
+        time has a final outcome, or ``max_attempts`` attempts began already, its state is
+        returned unchanged. Otherwise one more attempt is counted, ``lease.token`` and
+        ``lease.holder`` are stored with it, and the new state is returned. The attempt began exactly when
         ``state.began_with(lease.token)`` is true, provided each attempt uses a lease of its
         own (a new acquisition), as the scheduler does. ``keep_s`` is how long the backend keeps
         the fire state (from now); the scheduler sets it past the job's retry window.
@@ -338,10 +338,10 @@ class Backend(abc.ABC):
         as final and append ``record`` to the run history; otherwise change nothing.
         Returns True when this call closed the fire time. With ``lease``, the write is
         fenced: it happens only while the lease is held, else ``LeaseLost`` is raised and
-        nothing is written. Without a lease (skipped and missed fire times) it is not
-        fenced, and it closes only a fire time at which no attempt has begun (an attempt
-        in progress elsewhere must never be overwritten): otherwise it changes nothing
-        and returns False. ``keep_s`` is how long the fire state is kept, as for
+        nothing is written. Without a lease (skipped and missed fire times) the write is
+        not fenced, so it closes only a fire time at which no attempt has begun, because an
+        attempt in progress elsewhere must never be overwritten. Otherwise it changes
+        nothing and returns False. ``keep_s`` is how long the fire state is kept, as for
         :meth:`begin_attempt`.
         """
         self.check_key(record.job)

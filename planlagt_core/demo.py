@@ -1,8 +1,9 @@
 """``planlagt demo``: several real instance processes of one service on one backend.
 
-The demo starts N processes (see :mod:`planlagt_core.demo_service`), waits until all are
-live, lets them run for the window, SIGKILLs one of them while it runs the ``batch`` job,
-then stops the rest with SIGTERM and tallies the journal each process appended to.
+The demo starts N processes (see :mod:`planlagt_core.demo_service`) and waits until all
+are live. It lets them run for the window and SIGKILLs one of them while it runs the
+``batch`` job. Then it stops the rest with SIGTERM and tallies the journal that every
+process appended to.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Instance:
 
 @dataclass
 class Tally:
-    """What the journal shows for the fire times in the counted window."""
+    """Counts of the journal's fire times in the counted window."""
 
     fire_times: int = 0
     completed: int = 0

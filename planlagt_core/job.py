@@ -27,7 +27,7 @@ WEIGHT_ANCHOR = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
 
 class OverlapPolicy(str, enum.Enum):
-    """What a fire time does when the previous run of its job is still going."""
+    """The behaviour of a fire time that finds the previous run of its job still going."""
 
     SKIP = "skip"
     """Skip this fire time, log it and record it as skipped (the default)."""
@@ -37,7 +37,7 @@ class OverlapPolicy(str, enum.Enum):
 
 
 class MissedPolicy(str, enum.Enum):
-    """What happens to fire times that could not start within ``late_start_s``."""
+    """The handling of fire times that could not start within ``late_start_s``."""
 
     SKIP = "skip"
     """Record each as missed and run none of them (the default)."""
@@ -51,7 +51,7 @@ class JobPolicy:
     """How a job is run. Durations are seconds.
 
     ``lease_ttl_s`` is the TTL of the job's lease and ``heartbeat_s`` the renewal interval
-    (default a third of the TTL). ``max_run_time_s`` is when a run is told to stop (None:
+    (default a third of the TTL). ``max_run_time_s`` is when a run is asked to stop (None:
     never). ``max_attempts`` bounds all attempts at one fire time, first run and retries
     together; retries wait ``retry_backoff_s`` doubled after each failure. ``late_start_s``
     is how late a fire time may still start (default: one lease TTL plus four heartbeats
@@ -170,7 +170,8 @@ def build_job(
     """Check a job definition and return the :class:`Job`.
 
     Raises ``InvalidJob`` for a non-callable, a bad name, a signature that takes more than
-    one required argument, or a bad policy value; ``InvalidSchedule`` for a bad schedule.
+    one required argument, or a bad policy value. Raises ``InvalidSchedule`` for a bad
+    schedule.
     """
     if not callable(func):
         raise InvalidJob(f"job {name or schedule!r}: expected a function or other callable, got {func!r}")

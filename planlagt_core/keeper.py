@@ -22,12 +22,12 @@ __all__ = ["LeaseKeeper", "RunningAttempt"]
 LOG = logging.getLogger(__name__)
 
 AT_RISK_RETRY_S = 0.5
-"""How soon a renewal that could not reach the backend is tried again, at most."""
+"""Longest wait before a renewal that could not reach the backend is tried again, in seconds."""
 
 
 @dataclass
 class RunningAttempt:
-    """One attempt in progress on this instance, as the heartbeat thread sees it."""
+    """One attempt in progress on this instance, as the heartbeat thread tracks it."""
 
     lease: Lease
     context: RunContext
@@ -40,7 +40,7 @@ class RunningAttempt:
 
 
 class LeaseKeeper:
-    """Renews the leases of running attempts and tells their contexts what changed."""
+    """Renews the leases of running attempts and reports each change to their contexts."""
 
     def __init__(self, backend: Backend, clock: Clock, instance_id: str) -> None:
         self._backend = backend

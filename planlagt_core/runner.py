@@ -1,9 +1,9 @@
 """Running one fire time of one job: claim, execute, record.
 
 A claim is a lease on the job's key (or on the fire time, for jobs that may overlap)
-followed by a fenced ``begin_attempt``; a completion is a fenced ``finish_fire``. When a
+followed by a fenced ``begin_attempt``. A completion is a fenced ``finish_fire``. When a
 step cannot go ahead now, :meth:`Runner.run` returns a :class:`PendingFire` for the
-scheduler to try again later; None means the fire time needs nothing more from this
+scheduler to try again later. None means the fire time needs nothing more from this
 instance.
 """
 
@@ -231,7 +231,7 @@ class Runner:
         job = pending.job
         lease = self._backend.acquire(self.lease_key(pending), job.policy.lease_ttl_s, holder=self._holder(pending))
         if lease is None:
-            # A holder of the job's key may still finish this fire time; close it once the
+            # A holder of the job's key may still finish this fire time. Close it once the
             # key is free, unless that takes longer than the retry window plus two TTLs.
             deadline = job.schedule.next_after(_utc(pending.fire_time)).timestamp() + 2 * job.policy.lease_ttl_s
             now = self._clock.time()
@@ -333,8 +333,8 @@ class Runner:
     def _after_lost_lease(self, pending: PendingFire) -> PendingFire:
         """Come back to a fire time whose attempt lost its lease.
 
-        Another instance may have taken the fire time over; if not, this instance retries
-        it, within the attempt limit and before the next fire time, or closes it then.
+        Another instance may have taken the fire time over. If not, this instance retries
+        it within the attempt limit and before the next fire time, or closes it then.
         """
         retry_at = self._clock.time() + pending.job.policy.effective_heartbeat_s
         return pending.later(retry_at, "lease lost during the run", attempted=True)
@@ -489,7 +489,7 @@ class Runner:
         """Remember a closed fire time for as long as the backend is asked to keep its state.
 
         A backend that loses its data (a Redis server restarted without persistence) also
-        loses fire states; this local copy keeps the instance that closed a fire time from
+        loses fire states. This local copy keeps the instance that closed a fire time from
         running it again when the job comes back to it.
         """
         now = self._clock.time()

@@ -294,8 +294,8 @@ class Scheduler:
     def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming, let running jobs finish for ``grace_s`` (default ``shutdown_grace_s``), release.
 
-        Jobs still running after the grace period are asked to stop through their context;
-        their leases are no longer renewed and expire on the backend, so another instance
+        Jobs still running after the grace period are asked to stop through their context.
+        Their leases are no longer renewed and expire on the backend, so another instance
         may retry them. Safe to call more than once.
         """
         self._check_usable()
@@ -374,7 +374,7 @@ class Scheduler:
         return request
 
     def healthy(self) -> bool:
-        """Return whether the loops run and the backend answered within the last heartbeat TTL."""
+        """Return whether the loops run and the backend replied within the last heartbeat TTL."""
         self._check_usable()
         if self._state != "running" or not all(thread.is_alive() for thread in self._threads):
             return False
@@ -471,7 +471,7 @@ class Scheduler:
         """Return whether the last heartbeat is recent enough to trust who owns which job.
 
         After a pause of the process or an outage of the backend, another instance may own
-        this instance's jobs by now; until the next heartbeat says so, nothing is claimed.
+        this instance's jobs by now. Nothing is claimed until the next heartbeat settles it.
         """
         contact = self.last_backend_contact
         return contact is not None and self.clock.monotonic() - contact <= 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
@@ -556,8 +556,8 @@ class Scheduler:
         """Queue the recent fire times of jobs this instance just took over, to finish what is open.
 
         With ``retry_only`` (this instance's first view of the cluster), only fire times at
-        which an attempt began are taken up: a newly started instance does not replay the
-        fire times of its late-start window, which may have had no instance at all.
+        which an attempt began are taken up. A newly started instance does not replay the
+        fire times of its late-start window, because there may have been no instance then.
         """
         now = self.clock.time()
         # Wait until the change has lasted two heartbeats before acting on it. An instance

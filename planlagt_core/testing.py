@@ -110,4 +110,3 @@ class SchedulerTester:
     def __repr__(self) -> str:
         now = datetime.fromtimestamp(self.clock.time(), tz=timezone.utc).isoformat()
         return f"<SchedulerTester at {now} jobs={len(self._jobs)}>"
-

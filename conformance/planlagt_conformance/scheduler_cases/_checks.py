@@ -63,18 +63,18 @@ def explained_outcomes(
     ``skipped`` is explained when another attempt of the job, at an earlier fire time,
     could hold the job's lease as the skip was recorded. That is from one TTL before the
     attempt started (its acquisition) to one TTL after it ended, because a lease whose
-    holder died expires by its TTL. The overlap policy skips a fire time whenever the previous run's lease is held,
-    whether that run is slow, started late after a takeover, or is dead.
+    holder died expires by its TTL. The overlap policy skips a fire time whenever the
+    previous run's lease is held, whether that run is slow, started late after a takeover,
+    or is dead.
 
     ``failed`` and ``open`` (no closing record) are explained at a fire time whose attempt
     was killed or lost its lease. Leases are lost when the holder dies or freezes, and also
     when a loaded machine or a slow backend delays a request past the TTL: an acquisition
     that waited that long for a SQLite write lock is lost on arrival. The scheduler then
-    gives the attempt up rather than risk a second run. With one-second schedules the
-    retry window closes before a survivor can take over, so such a fire time closes as
-    ``failed``. NOTE: or it stays open, because no instance retries or closes it when the
-    attempt lost its lease while its instance stayed the job's owner, or when the dead
-    holder's lease was still held as the new owner gave the fire time up.
+    comes back to the fire time, but with one-second schedules the retry window closes
+    before a retry can start, so such a fire time closes as ``failed``. It stays open when
+    the job's key is held past the retry window plus two TTLs, because the scheduler then
+    stops trying to close it.
 
     A process killed between beginning an attempt and journaling its start leaves no
     trace of the attempt. So ``failed`` and ``open`` are also explained for fire times of
