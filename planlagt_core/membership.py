@@ -50,6 +50,7 @@ class Membership:
         self._view = View()
         self._digests: frozenset[str] = frozenset()
         self._candidates: dict[str, tuple[str, ...]] | None = None
+        self._since: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
@@ -71,11 +72,39 @@ class Membership:
             if live == old.live and self._candidates == old.candidates:
                 owners, owned = old.owners, old.owned
             else:
+                self._note_starts(members)
                 owners = assign(self._weights, live, self._candidates)
                 owned = frozenset(name for name, owner in owners.items() if owner == self.info.instance_id)
                 self._log_change(old, live, owned)
             self._view = View(live=live, owned=owned, control=control, candidates=self._candidates, owners=owners)
         return self._view, owned - old.owned
+
+    def served_since(self, job: str) -> float | None:
+        """Return the earliest start (Unix seconds) of the instances seen live with ``job``.
+
+        Start times are as each instance announced them. Before that moment no instance
+        seen by this one had the job, so nothing may have been there to claim its fire
+        times. None until a heartbeat listed an instance with the job.
+        """
+        with self._lock:
+            return self._since.get(job)
+
+    def _note_starts(self, members: list[InstanceInfo]) -> None:
+        """Lower each job's earliest known start with the live members that have the job."""
+        starts = {member.instance_id: member.started_at for member in members if member.started_at > 0}
+        if not starts:
+            return
+        everyone = min(starts.values())
+        for job in self._weights:
+            if self._candidates is None:
+                earliest = everyone
+            else:
+                earliest = min((starts[i] for i in self._candidates.get(job, ()) if i in starts), default=None)
+                if earliest is None:
+                    continue
+            known = self._since.get(job)
+            if known is None or earliest < known:
+                self._since[job] = earliest
 
     def leave(self) -> None:
         try:

@@ -128,7 +128,7 @@ class Runner:
                 pending = replace(pending, attempted=True)
             elif pending.retry_only:
                 return None
-            elif self._clock.time() > pending.fire_time + pending.job.policy.late_start_window_s(self._max_skew_s):
+            elif self._clock.time() > self._state_kept_until(pending):
                 # Taking over an old fire time only to retry an attempt that began. With no
                 # state, it may have completed long ago and its state expired since.
                 return None
@@ -504,6 +504,16 @@ class Runner:
         return until is not None and until > self._clock.time()
 
     # -- Fire state retention ------------------------------------------------------
+
+    def _state_kept_until(self, pending: PendingFire) -> float:
+        """Return the wall time until which a closed fire time's state is surely still stored.
+
+        Every close keeps the state for :meth:`keep_s`, which exceeds the late-start window
+        plus ``FIRE_STATE_MARGIN_S`` counted from the fire time. Up to this moment, a fire
+        time with no state was never closed: one nobody started is then closed as missed
+        (ownership that moved back and forth can leave it to nobody until its window passed).
+        """
+        return pending.fire_time + pending.job.policy.late_start_window_s(self._max_skew_s) + FIRE_STATE_MARGIN_S
 
     def keep_s(self, pending: PendingFire) -> float:
         """Return how long the backend keeps a fire time's state: past every retry and late start."""

@@ -454,10 +454,9 @@ class Scheduler:
                 self._failed_beats,
             )
             self._failed_beats = 0
-        first_view = self.last_backend_contact is None
         self.last_backend_contact = self.clock.monotonic()
         if gained:
-            self._catch_up(gained, retry_only=first_view)
+            self._catch_up(gained)
         try:
             self._take_triggers(view.control.triggers)
         except BackendUnavailable as exc:
@@ -552,13 +551,15 @@ class Scheduler:
             earliest = min(p.not_before for p in self._pending.values())
         return earliest - self.clock.time()
 
-    def _catch_up(self, gained: frozenset[str], *, retry_only: bool) -> None:
+    def _catch_up(self, gained: frozenset[str]) -> None:
         """Queue the recent fire times of jobs this instance just took over, to finish what is open.
 
-        With ``retry_only`` (this instance's first view of the cluster), only fire times at
-        which an attempt began are taken up. A newly started instance does not replay the
-        fire times of its late-start window, because there may have been no instance then.
+        Fire times from before the earliest start of the instances seen live with the job
+        are taken up only when an attempt began at them (``retry_only``). Nothing may have
+        been there to claim them, so a newly started cluster, or a job newly added in a
+        deploy, does not replay its late-start window.
         """
+        assert self._membership is not None
         now = self.clock.time()
         # Wait until the change has lasted two heartbeats before acting on it. An instance
         # that only missed a beat (or a backend that restarted and lost the membership)
@@ -566,6 +567,7 @@ class Scheduler:
         confirm_s = 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
         for name in gained:
             job = self._jobs[name]
+            since = self._membership.served_since(name) or now
             for fire in _recent_fire_times(job, now, job.policy.late_start_window_s(self.max_skew_s)):
                 key = (name, fire)
                 with self._lock:
@@ -577,7 +579,7 @@ class Scheduler:
                         not_before=now + confirm_s,
                         reason="takeover",
                         check_first=True,
-                        retry_only=retry_only,
+                        retry_only=fire < since,
                     )
 
     def _take_triggers(self, triggers: tuple[TriggerRequest, ...]) -> None:

@@ -28,10 +28,14 @@ import pytest
 from planlagt_memory import MemoryBackend
 
 from planlagt_core.backend import LeaseState
-from planlagt_core.clock import OffsetClock
+from planlagt_core.clock import FakeClock, OffsetClock
 from planlagt_core.context import RunContext
 from planlagt_core.errors import BackendUnavailable, SchedulerError
-from planlagt_core.models import Outcome, RunRecord
+from planlagt_core.job import Job, JobPolicy, build_job
+from planlagt_core.keeper import LeaseKeeper
+from planlagt_core.listeners import ListenerSet
+from planlagt_core.models import InstanceInfo, Outcome, RunRecord
+from planlagt_core.runner import FIRE_STATE_MARGIN_S, PendingFire, Runner
 from planlagt_core.scheduler import Scheduler
 from planlagt_core.testing import SchedulerTester
 
@@ -375,6 +379,92 @@ def test_missed_after_stall(
     for record in records:
         if record.outcome is Outcome.MISSED:
             assert "5 s" in (record.reason or "")
+
+
+# -- Fire times taken over after their late-start window ---------------------------------
+
+
+def takeover_runner(backend: MemoryBackend, clock: FakeClock) -> Runner:
+    return Runner(
+        backend=backend,
+        clock=clock,
+        keeper=LeaseKeeper(backend, clock, "heir"),
+        listeners=ListenerSet([]),
+        instance_id="heir",
+        max_skew_s=1.0,
+        call_async=asyncio.run,
+    )
+
+
+def takeover_of(job: Job, fire_time: float) -> PendingFire:
+    return PendingFire(job=job, fire_time=fire_time, not_before=0.0, reason="takeover", check_first=True)
+
+
+@pytest.mark.fast
+def test_takeover_closes_unstarted_fire_as_missed() -> None:
+    clock = FakeClock(TESTER_START.timestamp())
+    backend = MemoryBackend(clock=clock)
+    calls: list[RunContext] = []
+    job = build_job(calls.append, "* * * * * *", name="ticker", tz="UTC", policy=JobPolicy(lease_ttl_s=1.0))
+    window_s = job.policy.late_start_window_s(1.0)
+    fire_time = clock.time()
+    clock.advance(window_s + 1.0)
+
+    follow_up = takeover_runner(backend, clock).run(takeover_of(job, fire_time))
+
+    assert follow_up is None
+    assert calls == []
+    state = backend.get_fire("ticker", fire_time)
+    assert state is not None
+    assert state.outcome is Outcome.MISSED
+
+
+@pytest.mark.fast
+def test_takeover_leaves_fire_older_than_its_state() -> None:
+    clock = FakeClock(TESTER_START.timestamp())
+    backend = MemoryBackend(clock=clock)
+    job = build_job(lambda: None, "* * * * * *", name="ticker", tz="UTC", policy=JobPolicy(lease_ttl_s=1.0))
+    fire_time = clock.time()
+    clock.advance(job.policy.late_start_window_s(1.0) + FIRE_STATE_MARGIN_S + 1.0)
+
+    follow_up = takeover_runner(backend, clock).run(takeover_of(job, fire_time))
+
+    # Its state may have expired after a close long ago: nothing is recorded for it now.
+    assert follow_up is None
+    assert backend.get_fire("ticker", fire_time) is None
+    assert backend.list_runs("ticker") == []
+
+
+def test_regained_job_skips_fire_times_before_start(
+    store: str, observer: MemoryBackend, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    scheduler = make_scheduler(store, instance_id="first")
+    for index in range(4):
+        scheduler.add_job(lambda: None, EVERY_SECOND, name=f"job-{index}", late_start_s=10.0)
+    scheduler.start()
+    first = next(i for i in observer.list_instances() if i.instance_id == "first")
+
+    # A peer that announces itself once and then dies: some jobs move to it, and come back
+    # once its membership expires. Coming back replays the late-start window, but must not
+    # reach back to fire times from before any instance was there.
+    peer = InstanceInfo(
+        instance_id="peer", started_at=time.time(), heartbeat_s=HEARTBEAT_S, jobs_digest=first.jobs_digest
+    )
+    observer.heartbeat(peer, LEASE_TTL_S)
+    wait_for(lambda: "peer" in scheduler.live_instances, "the peer to join")
+    moved = sorted(name for name, owner in scheduler.job_owners.items() if owner == "peer")
+    joined_at = time.time()
+    wait_for(lambda: "peer" not in scheduler.live_instances, "the peer's membership to expire")
+    left_at = time.time()
+    for name in moved:
+        wait_for(
+            lambda name=name: any(joined_at <= r.fire_time < left_at for r in history(observer, name)),
+            f"a fire time of {name} left to the peer to close after the job came back",
+        )
+
+    early = [(r.job, r.fire_time) for name in moved for r in history(observer, name) if r.fire_time < first.started_at]
+    assert moved
+    assert early == []
 
 
 # -- Maximum run time --------------------------------------------------------------------
