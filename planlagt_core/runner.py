@@ -510,8 +510,9 @@ class Runner:
 
         Every close keeps the state for :meth:`keep_s`, which exceeds the late-start window
         plus ``FIRE_STATE_MARGIN_S`` counted from the fire time. Up to this moment, a fire
-        time with no state was never closed: one nobody started is then closed as missed
-        (ownership that moved back and forth can leave it to nobody until its window passed).
+        time with no state was never closed, and one past its late-start window is closed
+        as missed. Ownership that moved back and forth during an outage can leave a fire
+        time unclaimed until its window passed.
         """
         return pending.fire_time + pending.job.policy.late_start_window_s(self._max_skew_s) + FIRE_STATE_MARGIN_S
 
