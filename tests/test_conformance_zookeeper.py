@@ -1,9 +1,8 @@
 """The shared conformance suite against a real ZooKeeper server: contract cases and scheduler cases.
 
-Each suite runs in a child pytest process, as a user would run it:
-``pytest -p planlagt_conformance.plugin --pyargs PACKAGE --backend-url URL``. A failure
-shows every failed case with its message; the child's full output stays under the test's
-``tmp_path``.
+Each suite runs in a child pytest process, as a user would run it (see :mod:`suite_runs`).
+A failure shows every failed case with its message; the child's full output stays under
+the test's ``tmp_path``.
 
 The server is started here from the Debian ``zookeeper`` package's jars, and this process
 serves fault requests for it, so the scheduler cases that pause, stop and restart the
@@ -14,11 +13,7 @@ against it and those fault cases are skipped, because this run cannot control it
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,44 +24,21 @@ from planlagt_conformance.zookeeper_server import (
     no_zookeeper_message,
     zookeeper_available,
 )
-
-# NOTE: the scheduler cases time real processes against lease TTLs of about a second; on a
-# loaded 2-core CI machine one case in many misses a bound by a fraction of a second. A failed
-# run of the whole suite is repeated once, and fails the test if it fails again.
-SCHEDULER_SUITE_RERUN = pytest.mark.flaky(reruns=1)
+from suite_runs import (
+    CONTRACT_CASES,
+    CONTRACT_SKIPS,
+    NOT_MANAGED,
+    RUN_TIMEOUT_S,
+    SCHEDULER_CASES,
+    SCHEDULER_SUITE_RERUN,
+    Target,
+    base_name,
+    check_contract_skips,
+    check_results,
+    run_cases,
+)
 
 pytestmark = [pytest.mark.zookeeper, pytest.mark.multiprocess]
-
-CONTRACT_CASES = "planlagt_conformance.cases"
-SCHEDULER_CASES = "planlagt_conformance.scheduler_cases"
-
-CASE_TIMEOUT_S = 180
-"""Maximum time one case may run in the child process before pytest-timeout ends it."""
-
-RUN_TIMEOUT_S = 600.0
-"""Maximum time one child run may take: about 30 s for the contract cases, about two minutes for the scheduler cases."""
-
-NOT_MANAGED = "is not managed by this test run"
-MAX_MESSAGE_CHARS = 6000
-
-CONTRACT_SKIPS = {f"capability {name} is declared" for name in ("min_hold", "job_registry", "control", "run_retention")}
-"""Each declared feature skips the one contract case that checks an undeclared feature."""
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    name: str
-    outcome: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Target:
-    """The server under test, the child's environment, and the skip reason the child may give."""
-
-    url: str
-    environment: dict[str, str]
-    allowed_skip: str | None
 
 
 @pytest.fixture(scope="module")
@@ -81,80 +53,12 @@ def target() -> Iterator[Target]:
         yield Target(server.url, {**os.environ, **control.environment()}, None)
 
 
-def run_cases(package: str, target: Target, directory: Path) -> list[CaseResult]:
-    """Run the cases of ``package`` against the target in a child pytest; return each case's result."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ini_path = directory / "pytest.ini"
-    ini_path.write_text("[pytest]\n", encoding="utf-8")
-    junit_path = directory / "junit.xml"
-    output_path = directory / "output.txt"
-    # An empty ini file and a fixed rootdir keep this project's pytest settings out of the child run.
-    command = [
-        sys.executable, "-m", "pytest",
-        "-c", str(ini_path), "--rootdir", str(directory), "-p", "no:cacheprovider",
-        "-p", "planlagt_conformance.plugin", "--pyargs", package, "--backend-url", target.url,
-        "--basetemp", str(directory / "cases"), "--junitxml", str(junit_path),
-        "--timeout", str(CASE_TIMEOUT_S), "-rfEs",
-    ]  # fmt: skip
-    completed = subprocess.run(
-        command, env=target.environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
-
-    output_path.write_text(completed.stdout + completed.stderr, encoding="utf-8")
-    if not junit_path.exists():
-        pytest.fail(
-            f"{package} wrote no report (status {completed.returncode}); output in {output_path}:\n"
-            f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}",
-            pytrace=False,
-        )
-
-    results = read_junit(junit_path)
-    expected_status = 1 if any(case.outcome == "failed" for case in results) else 0
-    assert completed.returncode == expected_status, (
-        f"pytest exited with status {completed.returncode}; output in {output_path}:\n{completed.stdout[-3000:]}"
-    )
-    return results
-
-
-def read_junit(path: Path) -> list[CaseResult]:
-    """Return one result per test case of a JUnit XML report: passed, failed (failure or error) or skipped."""
-    results = []
-    for case in ElementTree.parse(path).getroot().iter("testcase"):
-        problems = [child for child in case if child.tag in ("failure", "error")]
-        skips = [child for child in case if child.tag == "skipped"]
-        outcome, found = "passed", None
-        if problems:
-            outcome, found = "failed", problems[0]
-        elif skips:
-            outcome, found = "skipped", skips[0]
-        message = "" if found is None else (found.get("message") or found.text or "")
-        results.append(CaseResult(name=case.get("name", "?"), outcome=outcome, message=message))
-    return results
-
-
-def check_results(results: list[CaseResult], allowed_skips: set[str], directory: Path) -> None:
-    """Fail unless cases ran, none failed, at least one passed, and every skip gives an allowed reason."""
-    assert results, f"no case ran; output in {directory / 'output.txt'}"
-    failed = [f"{case.name}: {case.message[:MAX_MESSAGE_CHARS]}" for case in results if case.outcome == "failed"]
-    assert not failed, (
-        f"{len(failed)} of {len(results)} cases failed on ZooKeeper (output in {directory}):\n\n" + "\n\n".join(failed)
-    )
-    unexpected = [
-        f"{case.name}: {case.message}"
-        for case in results
-        if case.outcome == "skipped" and not any(reason in case.message for reason in allowed_skips)
-    ]
-    assert not unexpected, "cases skipped without an allowed reason:\n" + "\n".join(unexpected)
-    assert any(case.outcome == "passed" for case in results)
-
-
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_contract_cases_on_zookeeper(target: Target, tmp_path: Path):
     results = run_cases(CONTRACT_CASES, target, tmp_path)
 
     check_results(results, CONTRACT_SKIPS, tmp_path)
-    skipped = sorted(case.message for case in results if case.outcome == "skipped")
-    assert len(skipped) == len(CONTRACT_SKIPS), f"expected one skip per declared feature, got {skipped}"
+    check_contract_skips(results)
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
@@ -162,9 +66,8 @@ def test_contract_cases_on_zookeeper(target: Target, tmp_path: Path):
 def test_scheduler_cases_on_zookeeper(target: Target, tmp_path: Path):
     results = run_cases(SCHEDULER_CASES, target, tmp_path)
 
-    allowed_skips = {target.allowed_skip} if target.allowed_skip else set()
-    check_results(results, allowed_skips, tmp_path)
-    passed = {_base_name(case.name) for case in results if case.outcome == "passed"}
+    check_results(results, target.allowed_skips, tmp_path)
+    passed = {base_name(case.name) for case in results if case.outcome == "passed"}
     required = {
         "test_killed_holder_is_replaced",
         "test_paused_holder_loses_lease",
@@ -173,8 +76,3 @@ def test_scheduler_cases_on_zookeeper(target: Target, tmp_path: Path):
     if target.allowed_skip is None:
         required |= {"test_restarted_server", "test_short_server_pause", "test_long_server_pause"}
     assert required <= passed, f"cases that did not pass: {sorted(required - passed)}"
-
-
-def _base_name(case_name: str) -> str:
-    """Return a case's name without its parameter id: ``test_x[zookeeper]`` gives ``test_x``."""
-    return case_name.partition("[")[0]

@@ -401,7 +401,7 @@ def takeover_of(job: Job, fire_time: float) -> PendingFire:
 
 
 @pytest.mark.fast
-def test_takeover_closes_unstarted_fire_as_missed() -> None:
+def test_late_takeover_records_missed() -> None:
     clock = FakeClock(TESTER_START.timestamp())
     backend = MemoryBackend(clock=clock)
     calls: list[RunContext] = []
@@ -420,7 +420,7 @@ def test_takeover_closes_unstarted_fire_as_missed() -> None:
 
 
 @pytest.mark.fast
-def test_takeover_leaves_fire_older_than_its_state() -> None:
+def test_takeover_skips_fire_past_retention() -> None:
     clock = FakeClock(TESTER_START.timestamp())
     backend = MemoryBackend(clock=clock)
     job = build_job(lambda: None, "* * * * * *", name="ticker", tz="UTC", policy=JobPolicy(lease_ttl_s=1.0))
@@ -435,7 +435,7 @@ def test_takeover_leaves_fire_older_than_its_state() -> None:
     assert backend.list_runs("ticker") == []
 
 
-def test_regained_job_skips_fire_times_before_start(
+def test_regain_skips_fires_before_start(
     store: str, observer: MemoryBackend, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     scheduler = make_scheduler(store, instance_id="first")
