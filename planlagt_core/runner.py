@@ -60,10 +60,18 @@ class PendingFire:
     trigger_id: str | None = None
     late_ok: bool = False
     retry_only: bool = False
+    next_fire_time: float | None = None
+    """The job's fire time after this one, when the caller already computed it (Unix seconds)."""
 
     @property
     def key(self) -> tuple[str, float]:
         return (self.job.name, self.fire_time)
+
+    def following_fire_time(self) -> float:
+        """Return the job's fire time after this one (Unix seconds)."""
+        if self.next_fire_time is not None:
+            return self.next_fire_time
+        return self.job.schedule.next_after(_utc(self.fire_time)).timestamp()
 
     def later(self, not_before: float, reason: str, **changes: Any) -> PendingFire:
         return replace(self, not_before=not_before, reason=reason, check_first=False, **changes)
@@ -215,7 +223,7 @@ class Runner:
         now = self._clock.time()
         job = pending.job
         if pending.attempted:
-            deadline = job.schedule.next_after(_utc(pending.fire_time)).timestamp()
+            deadline = pending.following_fire_time()
             if now < deadline:
                 return None
             return self._give_up(pending)
@@ -233,7 +241,7 @@ class Runner:
         if lease is None:
             # A holder of the job's key may still finish this fire time. Close it once the
             # key is free, unless that takes longer than the retry window plus two TTLs.
-            deadline = job.schedule.next_after(_utc(pending.fire_time)).timestamp() + 2 * job.policy.lease_ttl_s
+            deadline = pending.following_fire_time() + 2 * job.policy.lease_ttl_s
             now = self._clock.time()
             if now < deadline:
                 return pending.later(now + job.policy.effective_heartbeat_s, "closing after the retry window")
@@ -344,7 +352,7 @@ class Runner:
         if attempt >= job.policy.max_attempts:
             return None
         retry_at = self._clock.time() + job.policy.backoff_s(attempt)
-        if not pending.manual and retry_at >= job.schedule.next_after(_utc(pending.fire_time)).timestamp():
+        if not pending.manual and retry_at >= pending.following_fire_time():
             return None
         LOG.info(
             "Retrying job %r fire time %s in %.1f s (attempt %d failed)",
@@ -520,7 +528,7 @@ class Runner:
         """Return how long the backend keeps a fire time's state: past every retry and late start."""
         job = pending.job
         now = self._clock.time()
-        next_fire = job.schedule.next_after(_utc(pending.fire_time)).timestamp()
+        next_fire = pending.following_fire_time()
         window = job.policy.late_start_window_s(self._max_skew_s) + job.policy.lease_ttl_s + 2 * self._max_skew_s
         return max(next_fire - now, 0.0) + window + FIRE_STATE_MARGIN_S
 

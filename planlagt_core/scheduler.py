@@ -294,6 +294,8 @@ class Scheduler:
     def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming, let running jobs finish for ``grace_s`` (default ``shutdown_grace_s``), release.
 
+        Fire times queued on this instance but not yet claimed stay open for the instances
+        that take over its jobs.
         Jobs still running after the grace period are asked to stop through their context.
         Their leases are no longer renewed and expire on the backend, so another instance
         may retry them. Safe to call more than once.
@@ -511,6 +513,11 @@ class Scheduler:
         self._pool.submit(self._work, pending)
 
     def _work(self, pending: PendingFire) -> None:
+        if self._stop_event.is_set():
+            # Stopping: fire times still queued are left unclaimed, so another instance can take them.
+            with self._lock:
+                self._inflight.discard(pending.key)
+            return
         try:
             if self._paused(pending.job) and not pending.manual:
                 follow_up = self._runner.skip_paused(pending)
@@ -523,10 +530,11 @@ class Scheduler:
             self._inflight.discard(pending.key)
             if follow_up is not None:
                 self._pending[follow_up.key] = follow_up
-        self._wake.set()
+        if follow_up is not None or self._pending:
+            self._wake.set()
 
     def _dispatch_pending(self) -> None:
-        if self._stop_event.is_set() or not self._view_is_fresh():
+        if not self._pending or self._stop_event.is_set() or not self._view_is_fresh():
             return
         now = self.clock.time()
         with self._lock:

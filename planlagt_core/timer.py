@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from .job import Job, MissedPolicy
@@ -42,28 +43,32 @@ class FireTimer:
         due: list[PendingFire] = []
         while self._heap and self._heap[0][0] <= now:
             first, _, job = heapq.heappop(self._heap)
-            fires = self._due_fire_times(job, first, now)
-            heapq.heappush(self._heap, (job.schedule.next_after(_utc(fires[-1])).timestamp(), next(self._counter), job))
+            fires, following = self._due_fire_times(job, first, now)
+            heapq.heappush(self._heap, (following, next(self._counter), job))
             if owns(job):
-                due.extend(_pending(job, fires, now))
+                due.extend(_pending(job, fires, following, now))
         return due
 
     @staticmethod
-    def _due_fire_times(job: Job, first: float, now: float) -> list[float]:
+    def _due_fire_times(job: Job, first: float, now: float) -> tuple[list[float], float]:
+        """Return the due fire times from ``first`` on, and the job's next fire time after them."""
         fires = [first]
-        while len(fires) < MAX_DUE_PER_POP:
+        while True:
             following = job.schedule.next_after(_utc(fires[-1])).timestamp()
-            if following > now:
-                break
+            if following > now or len(fires) >= MAX_DUE_PER_POP:
+                return fires, following
             fires.append(following)
-        return fires
 
 
-def _pending(job: Job, fires: list[float], now: float) -> list[PendingFire]:
-    items = [PendingFire(job=job, fire_time=fire, not_before=now, reason="due") for fire in fires]
+def _pending(job: Job, fires: list[float], following: float, now: float) -> list[PendingFire]:
+    next_times = [*fires[1:], following]
+    items = [
+        PendingFire(job=job, fire_time=fire, not_before=now, reason="due", next_fire_time=next_time)
+        for fire, next_time in zip(fires, next_times, strict=True)
+    ]
     latest = items[-1]
     if job.policy.missed is MissedPolicy.RUN_LATEST and now - latest.fire_time <= job.policy.missed_grace_s:
-        items[-1] = PendingFire(job=job, fire_time=latest.fire_time, not_before=now, reason="due", late_ok=True)
+        items[-1] = replace(latest, late_ok=True)
     return items
 
 

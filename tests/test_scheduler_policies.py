@@ -910,6 +910,36 @@ def test_stop_lets_running_job_finish(
     assert "graceful" not in [i.instance_id for i in observer.list_instances()]
 
 
+def test_stop_leaves_queued_fires_unclaimed(
+    store: str, observer: MemoryBackend, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    queued_runs: list[RunContext] = []
+
+    def blocking() -> None:
+        started.set()
+        release.wait(JOB_WAIT_S)
+
+    # One worker: the second job's fire time waits in the queue behind the first job's run.
+    scheduler = make_scheduler(store, instance_id="one-worker", max_workers=1)
+    fire = soon()
+    scheduler.add_job(blocking, once_at(fire), name="a-blocking")
+    scheduler.add_job(queued_runs.append, once_at(fire), name="b-queued")
+    scheduler.start()
+    assert started.wait(POLL_DEADLINE_S)
+    stopper = threading.Thread(target=scheduler.stop, kwargs={"grace_s": JOB_WAIT_S})
+    stopper.start()
+    wait_for(lambda: not scheduler.running, "the scheduler to start stopping")
+    release.set()
+    stopper.join(JOB_WAIT_S)
+
+    assert not stopper.is_alive()
+    assert queued_runs == []
+    assert observer.get_fire("b-queued", fire.timestamp()) is None
+    assert [r.outcome for r in history(observer, "a-blocking")] == [Outcome.SUCCEEDED]
+
+
 def test_stop_after_grace_requests_stop(
     store: str, observer: MemoryBackend, make_scheduler: Callable[..., Scheduler]
 ) -> None:

@@ -15,25 +15,28 @@ gateway under ``/v3/`` on the client port, so it needs no gRPC client.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import concurrent.futures
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import ssl
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .servers import DEFAULT_STARTUP_TIMEOUT_S, ManagedServer, ServerStartError, ServerUnavailable, free_port
+from .servers import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    ManagedServer,
+    ServerSource,
+    ServerStartError,
+    ServerUnavailable,
+    free_port,
+)
 
 __all__ = [
     "ETCD_URL_ENV",
@@ -409,26 +412,23 @@ def no_etcd_message() -> str:
     return _NO_ETCD_MESSAGE.format(env=ETCD_URL_ENV)
 
 
-@contextlib.contextmanager
-def etcd_url() -> Iterator[str]:
-    """Yield the URL of an etcd server for a test run, and stop any server started for it.
+def _new_etcd_server() -> EtcdServer:
+    if not etcd_available():
+        raise ServerUnavailable(no_etcd_message())
+    return EtcdServer()
+
+
+_ETCD = ServerSource(ETCD_URL_ENV, _new_etcd_server)
+
+
+def etcd_url() -> contextlib.AbstractContextManager[str]:
+    """Return a context manager yielding the URL of an etcd server for a test run; it stops any server it started.
 
     Order: the ``PLANLAGT_TEST_ETCD_URL`` environment variable when set; else an ``etcd``
     from ``PATH``, started here. Raises ``ServerUnavailable`` naming every way to provide
     one when neither exists.
     """
-    configured = os.environ.get(ETCD_URL_ENV)
-    if configured:
-        yield configured
-        return
-    if not etcd_available():
-        raise ServerUnavailable(no_etcd_message())
-    with EtcdServer() as server:
-        yield server.url
-
-
-_shared_server: EtcdServer | None = None
-_shared_lock = threading.Lock()
+    return _ETCD.url()
 
 
 def get_etcd_url() -> str:
@@ -437,16 +437,4 @@ def get_etcd_url() -> str:
     A server started here is shared by every later call and stopped when the interpreter
     exits (``atexit``). Raises ``ServerUnavailable`` naming every way to provide one.
     """
-    global _shared_server
-    configured = os.environ.get(ETCD_URL_ENV)
-    if configured:
-        return configured
-    with _shared_lock:
-        if _shared_server is None:
-            if not etcd_available():
-                raise ServerUnavailable(no_etcd_message())
-            server = EtcdServer()
-            server.start()
-            atexit.register(server.close)
-            _shared_server = server
-        return _shared_server.url
+    return _ETCD.shared_url()

@@ -16,7 +16,6 @@ in ``PLANLAGT_TEST_POSTGRES_URL`` when it is set, else a server started here.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import glob
 import os
@@ -24,13 +23,11 @@ import pwd
 import shutil
 import signal
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .servers import ManagedServer, ServerStartError, ServerUnavailable, free_port
+from .servers import ManagedServer, ServerSource, ServerStartError, ServerUnavailable, free_port
 
 __all__ = [
     "ADMIN_USER",
@@ -404,24 +401,17 @@ _NO_POSTGRES_MESSAGE = (
 )
 
 
-@contextlib.contextmanager
-def postgres_url() -> Iterator[str]:
-    """Yield the URL of a PostgreSQL database for a test run, and stop any server started for it.
+_POSTGRES = ServerSource(POSTGRES_URL_ENV, PostgresServer)
+
+
+def postgres_url() -> contextlib.AbstractContextManager[str]:
+    """Return a context manager yielding a PostgreSQL database URL for a test run; it stops any server it started.
 
     Order: the ``PLANLAGT_TEST_POSTGRES_URL`` environment variable when set; else a server
     started here from the binaries :func:`find_postgres_bindir` finds. Raises
     ``ServerUnavailable`` naming every way to provide one when neither exists.
     """
-    configured = os.environ.get(POSTGRES_URL_ENV)
-    if configured:
-        yield configured
-        return
-    with PostgresServer() as server:
-        yield server.url
-
-
-_shared_server: PostgresServer | None = None
-_shared_lock = threading.Lock()
+    return _POSTGRES.url()
 
 
 def get_postgres_url() -> str:
@@ -430,14 +420,4 @@ def get_postgres_url() -> str:
     A server started here is shared by every later call and stopped when the interpreter
     exits (``atexit``). Raises ``ServerUnavailable`` naming every way to provide one.
     """
-    global _shared_server
-    configured = os.environ.get(POSTGRES_URL_ENV)
-    if configured:
-        return configured
-    with _shared_lock:
-        if _shared_server is None:
-            server = PostgresServer()
-            server.start()
-            atexit.register(server.close)
-            _shared_server = server
-        return _shared_server.url
+    return _POSTGRES.shared_url()

@@ -24,10 +24,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
 from planlagt_core.url import redact_url
@@ -36,6 +36,7 @@ __all__ = [
     "REDIS_URL_ENV",
     "ManagedServer",
     "RedisServer",
+    "ServerSource",
     "ServerStartError",
     "ServerUnavailable",
     "free_port",
@@ -520,26 +521,64 @@ _NO_REDIS_MESSAGE = (
 )
 
 
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """Yield the URL of a Redis server for a test run, and stop any server started for it.
+class ServerSource(Generic[ServerT]):
+    """Where tests get one kind of server: a URL from an environment variable, else a server started here.
+
+    ``new_server`` returns an unstarted server, or raises ``ServerUnavailable`` naming every
+    way to provide one when this machine cannot start it.
+    """
+
+    def __init__(self, env: str, new_server: Callable[[], ServerT]) -> None:
+        self.env = env
+        self._new_server = new_server
+        self._shared: ServerT | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def url(self) -> Iterator[str]:
+        """Yield the URL from the environment variable, else that of a server started and stopped here."""
+        configured = os.environ.get(self.env)
+        if configured:
+            yield configured
+            return
+        with self._new_server() as server:
+            yield server.url
+
+    def shared_url(self) -> str:
+        """Return the URL from the environment variable, else that of one server shared by this process.
+
+        The shared server starts on the first call and stops when the interpreter exits
+        (``atexit``).
+        """
+        configured = os.environ.get(self.env)
+        if configured:
+            return configured
+        with self._lock:
+            if self._shared is None:
+                server = self._new_server()
+                server.start()
+                atexit.register(server.close)
+                self._shared = server
+            return self._shared.url
+
+
+def _new_redis_server() -> RedisServer:
+    if shutil.which("redis-server") is None:
+        raise ServerUnavailable(_NO_REDIS_MESSAGE.format(env=REDIS_URL_ENV))
+    return RedisServer()
+
+
+_REDIS = ServerSource(REDIS_URL_ENV, _new_redis_server)
+
+
+def redis_url() -> contextlib.AbstractContextManager[str]:
+    """Return a context manager yielding the URL of a Redis server for a test run; it stops any server it started.
 
     Order: the ``PLANLAGT_TEST_REDIS_URL`` environment variable when set; else a
     ``redis-server`` from ``PATH``, started here. Raises ``ServerUnavailable`` naming
     every way to provide one when neither exists.
     """
-    configured = os.environ.get(REDIS_URL_ENV)
-    if configured:
-        yield configured
-        return
-    if shutil.which("redis-server") is None:
-        raise ServerUnavailable(_NO_REDIS_MESSAGE.format(env=REDIS_URL_ENV))
-    with RedisServer() as server:
-        yield server.url
-
-
-_shared_server: RedisServer | None = None
-_shared_lock = threading.Lock()
+    return _REDIS.url()
 
 
 def get_redis_url() -> str:
@@ -548,16 +587,4 @@ def get_redis_url() -> str:
     A server started here is shared by every later call and stopped when the interpreter
     exits (``atexit``). Raises ``ServerUnavailable`` naming every way to provide one.
     """
-    global _shared_server
-    configured = os.environ.get(REDIS_URL_ENV)
-    if configured:
-        return configured
-    with _shared_lock:
-        if _shared_server is None:
-            if shutil.which("redis-server") is None:
-                raise ServerUnavailable(_NO_REDIS_MESSAGE.format(env=REDIS_URL_ENV))
-            server = RedisServer()
-            server.start()
-            atexit.register(server.close)
-            _shared_server = server
-        return _shared_server.url
+    return _REDIS.shared_url()

@@ -16,7 +16,6 @@ the Debian package's jars.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
 import os
@@ -24,15 +23,20 @@ import re
 import shutil
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote, urlencode
 
-from .servers import DEFAULT_STARTUP_TIMEOUT_S, ManagedServer, ServerStartError, ServerUnavailable, free_port
+from .servers import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    ManagedServer,
+    ServerSource,
+    ServerStartError,
+    ServerUnavailable,
+    free_port,
+)
 
 __all__ = [
     "ZOOKEEPER_URL_ENV",
@@ -425,26 +429,23 @@ def no_zookeeper_message() -> str:
     return _NO_ZOOKEEPER_MESSAGE.format(env=ZOOKEEPER_URL_ENV)
 
 
-@contextlib.contextmanager
-def zookeeper_url() -> Iterator[str]:
-    """Yield the URL of a ZooKeeper server for a test run, and stop any server started for it.
+def _new_zookeeper_server() -> ZooKeeperServer:
+    if not zookeeper_available():
+        raise ServerUnavailable(no_zookeeper_message())
+    return ZooKeeperServer()
+
+
+_ZOOKEEPER = ServerSource(ZOOKEEPER_URL_ENV, _new_zookeeper_server)
+
+
+def zookeeper_url() -> contextlib.AbstractContextManager[str]:
+    """Return a context manager yielding the URL of a ZooKeeper server for a test run; it stops any server it started.
 
     Order: the ``PLANLAGT_TEST_ZOOKEEPER_URL`` environment variable when set; else a server
     started here from the Debian package's jars. Raises ``ServerUnavailable`` naming every
     way to provide one when neither exists.
     """
-    configured = os.environ.get(ZOOKEEPER_URL_ENV)
-    if configured:
-        yield configured
-        return
-    if not zookeeper_available():
-        raise ServerUnavailable(no_zookeeper_message())
-    with ZooKeeperServer() as server:
-        yield server.url
-
-
-_shared_server: ZooKeeperServer | None = None
-_shared_lock = threading.Lock()
+    return _ZOOKEEPER.url()
 
 
 def get_zookeeper_url() -> str:
@@ -453,16 +454,4 @@ def get_zookeeper_url() -> str:
     A server started here is shared by every later call and stopped when the interpreter
     exits (``atexit``). Raises ``ServerUnavailable`` naming every way to provide one.
     """
-    global _shared_server
-    configured = os.environ.get(ZOOKEEPER_URL_ENV)
-    if configured:
-        return configured
-    with _shared_lock:
-        if _shared_server is None:
-            if not zookeeper_available():
-                raise ServerUnavailable(no_zookeeper_message())
-            server = ZooKeeperServer()
-            server.start()
-            atexit.register(server.close)
-            _shared_server = server
-        return _shared_server.url
+    return _ZOOKEEPER.shared_url()
