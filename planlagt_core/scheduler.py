@@ -296,6 +296,7 @@ class Scheduler:
 
         Fire times queued on this instance but not yet claimed stay open for the instances
         that take over its jobs.
+
         Jobs still running after the grace period are asked to stop through their context.
         Their leases are no longer renewed and expire on the backend, so another instance
         may retry them. Safe to call more than once.
