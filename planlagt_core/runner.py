@@ -62,6 +62,8 @@ class PendingFire:
     retry_only: bool = False
     next_fire_time: float | None = None
     """The job's fire time after this one, when the caller already computed it (Unix seconds)."""
+    confirm_at: float = 0.0
+    """Wall time before which a taken-over fire time with no attempt begun is not claimed."""
 
     @property
     def key(self) -> tuple[str, float]:
@@ -140,6 +142,12 @@ class Runner:
                 # Taking over an old fire time only to retry an attempt that began. With no
                 # state, it may have completed long ago and its state expired since.
                 return None
+            elif self._clock.time() < pending.confirm_at:
+                # The previous owner may only have missed heartbeats, or the backend may have
+                # restarted empty: wait until the ownership change is confirmed.
+                return replace(
+                    pending, not_before=pending.confirm_at, reason="waiting for the takeover to be confirmed"
+                )
         expired = self._expired(pending)
         if expired is not None:
             return expired

@@ -570,9 +570,11 @@ class Scheduler:
         """
         assert self._membership is not None
         now = self.clock.time()
-        # Wait until the change has lasted two heartbeats before acting on it. An instance
-        # that only missed a beat (or a backend that restarted and lost the membership)
-        # comes back by then, takes its jobs back, and these entries are dropped unrun.
+        # A fire time at which an attempt began is retried at once: its fencing keeps the
+        # retry from overlapping or repeating a completion. Any other waits until the change
+        # has lasted two heartbeats. An instance that only missed a beat (or a backend that
+        # restarted and lost the membership) comes back by then, takes its jobs back, and
+        # these entries are dropped unrun.
         confirm_s = 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
         for name in gained:
             job = self._jobs[name]
@@ -585,7 +587,8 @@ class Scheduler:
                     self._pending[key] = PendingFire(
                         job=job,
                         fire_time=key[1],
-                        not_before=now + confirm_s,
+                        not_before=now,
+                        confirm_at=now + confirm_s,
                         reason="takeover",
                         check_first=True,
                         retry_only=fire < since,

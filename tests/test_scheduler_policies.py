@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -433,6 +434,52 @@ def test_takeover_skips_fire_past_retention() -> None:
     assert follow_up is None
     assert backend.get_fire("ticker", fire_time) is None
     assert backend.list_runs("ticker") == []
+
+
+@pytest.mark.fast
+def test_takeover_retries_attempt_unconfirmed() -> None:
+    clock = FakeClock(TESTER_START.timestamp())
+    backend = MemoryBackend(clock=clock)
+    calls: list[RunContext] = []
+    job = build_job(calls.append, "* * * * *", name="ticker", tz="UTC", policy=JobPolicy(lease_ttl_s=1.0, max_attempts=3))
+    fire_time = clock.time()
+    # A dead instance began an attempt, and its lease expired.
+    lease = backend.acquire(job.lease_key, 1.0, holder="dead")
+    assert lease is not None
+    backend.begin_attempt(lease, "ticker", fire_time, max_attempts=3, keep_s=600.0)
+    clock.advance(1.5)
+    pending = replace(takeover_of(job, fire_time), confirm_at=clock.time() + 1.0)
+
+    follow_up = takeover_runner(backend, clock).run(pending)
+
+    assert follow_up is None
+    assert [context.attempt for context in calls] == [2]
+    state = backend.get_fire("ticker", fire_time)
+    assert state is not None
+    assert state.outcome is Outcome.SUCCEEDED
+
+
+@pytest.mark.fast
+def test_takeover_waits_confirmation_without_attempt() -> None:
+    clock = FakeClock(TESTER_START.timestamp())
+    backend = MemoryBackend(clock=clock)
+    calls: list[RunContext] = []
+    job = build_job(calls.append, "* * * * *", name="ticker", tz="UTC", policy=JobPolicy(lease_ttl_s=1.0))
+    fire_time = clock.time()
+    confirm_at = clock.time() + 1.0
+    runner = takeover_runner(backend, clock)
+
+    follow_up = runner.run(replace(takeover_of(job, fire_time), confirm_at=confirm_at))
+
+    assert follow_up is not None
+    assert follow_up.not_before == confirm_at
+    assert follow_up.check_first
+    assert calls == []
+    assert backend.get_fire("ticker", fire_time) is None
+
+    clock.set(confirm_at)
+    assert runner.run(follow_up) is None
+    assert [context.attempt for context in calls] == [1]
 
 
 def test_regain_skips_fires_before_start(

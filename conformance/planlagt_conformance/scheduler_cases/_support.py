@@ -75,12 +75,22 @@ class SchedulerTiming:
         """Return how soon after a holder dies a survivor must have started its work.
 
         The dead holder's lease and membership expire within one TTL. A survivor notices
-        at its next heartbeat, waits for the change to last two more heartbeats and
-        ``FRESH_VIEW_MARGIN_S`` (the scheduler's confirmation), and tries once more a
-        heartbeat later if the lease was still held. ``TAKEOVER_TOLERANCE_S`` comes on top.
+        at its next heartbeat. For a fire time at which no attempt began, it waits for the
+        change to last two more heartbeats and ``FRESH_VIEW_MARGIN_S`` (the scheduler's
+        confirmation). It tries once more a heartbeat later if the lease was still held.
+        ``TAKEOVER_TOLERANCE_S`` comes on top.
         """
         confirmation_s = 2 * self.heartbeat_s + FRESH_VIEW_MARGIN_S
-        return self.lease_ttl_s + self.heartbeat_s + confirmation_s + self.heartbeat_s + TAKEOVER_TOLERANCE_S
+        return self.retry_bound_s + confirmation_s
+
+    @property
+    def retry_bound_s(self) -> float:
+        """Return how soon after a holder dies a survivor must have retried the attempt it left.
+
+        As :attr:`takeover_bound_s`, without the confirmation: an attempt that began is
+        retried as soon as the survivor sees the holder gone.
+        """
+        return self.lease_ttl_s + self.heartbeat_s + self.heartbeat_s + TAKEOVER_TOLERANCE_S
 
     def close_timeout_s(self, jobs: Iterable[JobSpec]) -> float:
         """Return how long after a window ends its last fire times may take to close."""
