@@ -410,8 +410,10 @@ class Scheduler:
         assert self._timer is not None
         while not self._stop_event.is_set():
             try:
-                for pending in self._timer.pop_due(self.clock.time(), self._due):
-                    self._dispatch(pending)
+                due = self._timer.pop_due(self.clock.time(), self._due)
+                waiting = self._jobs_in_takeover() if due else frozenset()
+                for pending in due:
+                    self._dispatch(pending, behind_takeover=pending.job.name in waiting)
             except Exception:
                 LOG.exception("Timer of instance %s failed; it carries on at the next fire time", self.instance_id)
             wait_s = min(self._timer.next_due() - self.clock.time(), self.heartbeat_s)
@@ -482,10 +484,13 @@ class Scheduler:
         """Return whether the timer should hand out a due fire time of ``job`` (owned, or ownership unknown)."""
         return not self._view_is_fresh() or self._owns(job)
 
-    def _dispatch(self, pending: PendingFire) -> None:
-        # NOTE: a due fire time goes ahead of older fire times of the same job that wait
-        # for a takeover to be confirmed, and those are then closed as missed.
-        if self._view_is_fresh():
+    def _dispatch(self, pending: PendingFire, *, behind_takeover: bool = False) -> None:
+        """Submit a due fire time, or queue it while ownership is unknown or older ones of its job go first.
+
+        ``behind_takeover`` means older fire times of the job, just taken over, wait in the
+        queue. They run first, so that the due one cannot close them as missed.
+        """
+        if self._view_is_fresh() and not behind_takeover:
             self._submit(pending)
             return
         with self._lock:
@@ -498,6 +503,11 @@ class Scheduler:
                     )  # fmt: skip
                 return
             self._pending[pending.key] = pending
+
+    def _jobs_in_takeover(self) -> frozenset[str]:
+        """Return the jobs with taken-over fire times waiting in the queue."""
+        with self._lock:
+            return frozenset(pending.job.name for pending in self._pending.values() if pending.check_first)
 
     def _paused(self, job: Job) -> bool:
         assert self._membership is not None
@@ -539,13 +549,19 @@ class Scheduler:
             return
         now = self.clock.time()
         with self._lock:
-            busy_jobs = {name for name, _fire in self._inflight}
+            blocked = {name for name, _fire in self._inflight}
             earliest: dict[str, PendingFire] = {}
             for pending in sorted(self._pending.values(), key=lambda p: p.fire_time):
-                if pending.not_before <= now and pending.job.name not in busy_jobs:
-                    earliest.setdefault(pending.job.name, pending)
+                name = pending.job.name
+                if name in blocked or name in earliest:
+                    continue
+                if pending.not_before <= now:
+                    earliest[name] = pending
+                elif pending.check_first:
+                    blocked.add(name)
         # One entry per job at a time, oldest fire time first, so that fire times left open
-        # by a dead instance run in order instead of racing for the job's lease.
+        # by a dead instance run in order instead of racing for the job's lease. A taken-over
+        # fire time that waits for the takeover to be confirmed holds back the job's later ones.
         for pending in earliest.values():
             if pending.manual or self._owns(pending.job):
                 self._submit(pending)

@@ -88,7 +88,7 @@ class SchedulerTiming:
         """Return how soon after a holder dies a survivor must have retried the attempt it left.
 
         As :attr:`takeover_bound_s`, without the confirmation: an attempt that began is
-        retried as soon as the survivor sees the holder gone.
+        retried as soon as the survivor notices that the holder is gone.
         """
         return self.lease_ttl_s + self.heartbeat_s + self.heartbeat_s + TAKEOVER_TOLERANCE_S
 
