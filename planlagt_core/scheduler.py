@@ -423,6 +423,8 @@ class Scheduler:
         next_beat = self.clock.monotonic()
         next_renewal = next_beat
         while not self._stop_event.is_set():
+            # Cleared before the work, so a wake-up that arrives during it is not lost.
+            self._wake.clear()
             try:
                 if self.clock.monotonic() >= next_beat:
                     self._beat()
@@ -434,7 +436,8 @@ class Scheduler:
                 next_beat = self.clock.monotonic() + self.heartbeat_s
             wait_s = min(next_beat, next_renewal) - self.clock.monotonic()
             wait_s = min(wait_s, self._next_pending_s())
-            self._wake.clear()
+            if self._stop_event.is_set():
+                break
             self.clock.wait(self._wake, max(wait_s, 0.01))
 
     def _beat(self) -> None:
@@ -547,34 +550,47 @@ class Scheduler:
     def _dispatch_pending(self) -> None:
         if not self._pending or self._stop_event.is_set() or not self._view_is_fresh():
             return
-        now = self.clock.time()
         with self._lock:
-            blocked = {name for name, _fire in self._inflight}
-            earliest: dict[str, PendingFire] = {}
-            for pending in sorted(self._pending.values(), key=lambda p: p.fire_time):
-                name = pending.job.name
-                if name in blocked or name in earliest:
-                    continue
-                if pending.not_before <= now:
-                    earliest[name] = pending
-                elif pending.check_first:
-                    blocked.add(name)
-        # One entry per job at a time, oldest fire time first, so that fire times left open
-        # by a dead instance run in order instead of racing for the job's lease. A taken-over
-        # fire time that waits for the takeover to be confirmed holds back the job's later ones.
-        for pending in earliest.values():
+            ready, _next_ready = self._ready_pending(self.clock.time())
+        for pending in ready.values():
             if pending.manual or self._owns(pending.job):
                 self._submit(pending)
             else:
                 with self._lock:
                     self._pending.pop(pending.key, None)
 
+    def _ready_pending(self, now: float) -> tuple[dict[str, PendingFire], float]:
+        """Return the queued entry to run now per job, and the wall time the next one becomes ready.
+
+        One entry per job at a time, oldest fire time first, so that fire times left open by
+        a dead instance run in order instead of racing for the job's lease. A taken-over fire
+        time that waits for the takeover to be confirmed holds back the job's later ones.
+        Call with ``_lock`` held.
+        """
+        blocked = {name for name, _fire in self._inflight}
+        ready: dict[str, PendingFire] = {}
+        next_ready = float("inf")
+        for pending in sorted(self._pending.values(), key=lambda p: p.fire_time):
+            name = pending.job.name
+            if name in blocked or name in ready:
+                continue
+            if pending.not_before <= now:
+                ready[name] = pending
+                continue
+            next_ready = min(next_ready, pending.not_before)
+            if pending.check_first:
+                blocked.add(name)
+        return ready, next_ready
+
     def _next_pending_s(self) -> float:
+        now = self.clock.time()
         with self._lock:
             if not self._pending:
                 return self.heartbeat_s
-            earliest = min(p.not_before for p in self._pending.values())
-        return earliest - self.clock.time()
+            ready, next_ready = self._ready_pending(now)
+        if ready and self._view_is_fresh() and not self._stop_event.is_set():
+            return 0.0
+        return next_ready - now
 
     def _catch_up(self, gained: frozenset[str]) -> None:
         """Queue the recent fire times of jobs this instance just took over, to finish what is open.
