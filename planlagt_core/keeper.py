@@ -36,7 +36,9 @@ class RunningAttempt:
     next_renew: float
     run_deadline: float | None
     timed_out: bool = False
+    removed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held for a whole renewal, so that :meth:`LeaseKeeper.remove` waits for one in flight."""
 
 
 class LeaseKeeper:
@@ -68,10 +70,15 @@ class LeaseKeeper:
         return attempt
 
     def remove(self, attempt: RunningAttempt) -> Lease:
-        """Stop keeping ``attempt``; return its latest lease."""
+        """Stop keeping ``attempt``; return its latest lease.
+
+        Waits for a renewal in flight, so none is sent or reported after this returns: the
+        caller may release the lease at once.
+        """
         with self._lock:
             self._attempts.pop(id(attempt), None)
         with attempt.lock:
+            attempt.removed = True
             return attempt.lease
 
     def running(self) -> list[RunningAttempt]:
@@ -123,20 +130,25 @@ class LeaseKeeper:
             context.request_stop(f"maximum run time exceeded after {run_time:.1f} s")
 
     def _renew(self, attempt: RunningAttempt) -> None:
-        sent_at = self._clock.monotonic()
-        try:
-            lease = self._backend.renew(attempt.lease)
-        except LeaseLost:
+        error: LeaseLost | BackendUnavailable | None = None
+        with attempt.lock:
+            if attempt.removed:
+                return
+            sent_at = self._clock.monotonic()
+            try:
+                attempt.lease = self._backend.renew(attempt.lease)
+            except (LeaseLost, BackendUnavailable) as exc:
+                error = exc
+
+        if isinstance(error, LeaseLost):
             self.renewal_failures += 1
             self._mark_lost(attempt, "the backend reports it expired or taken by another holder")
             return
-        except BackendUnavailable as exc:
+        if isinstance(error, BackendUnavailable):
             self.renewal_failures += 1
-            self._mark_at_risk(attempt, exc)
+            self._mark_at_risk(attempt, error)
             attempt.next_renew = sent_at + min(attempt.heartbeat_s, AT_RISK_RETRY_S)
             return
-        with attempt.lock:
-            attempt.lease = lease
         attempt.next_renew = sent_at + attempt.heartbeat_s
         if attempt.context.lease_state is LeaseState.AT_RISK:
             LOG.info("Lease of job %r is held again after the backend came back", attempt.context.job)

@@ -30,7 +30,7 @@ import pytest
 from planlagt_memory import MemoryBackend
 
 from planlagt_core.backend import LeaseState
-from planlagt_core.clock import FakeClock, OffsetClock
+from planlagt_core.clock import FakeClock, OffsetClock, SystemClock
 from planlagt_core.context import RunContext
 from planlagt_core.errors import BackendUnavailable, SchedulerError
 from planlagt_core.job import Job, JobPolicy, build_job
@@ -852,6 +852,51 @@ def test_renewal_outage_marks_lost(store: str, observer: MemoryBackend) -> None:
 
     assert states == [LeaseState.AT_RISK, LeaseState.LOST]
     assert [r.outcome for r in records] == [Outcome.LEASE_LOST]
+
+
+class BlockingRenewals(MemoryBackend):
+    """A memory backend whose renewals wait until ``proceed`` is set."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.renewing = threading.Event()
+        self.proceed = threading.Event()
+        self.renewals = 0
+
+    def _do_renew(self, lease: Any, ttl_s: float) -> Any:
+        self.renewals += 1
+        self.renewing.set()
+        self.proceed.wait(JOB_WAIT_S)
+        return super()._do_renew(lease, ttl_s)
+
+
+@pytest.mark.fast
+def test_keeper_remove_waits_for_renewal() -> None:
+    backend = BlockingRenewals()
+    keeper = LeaseKeeper(backend, SystemClock(), "keeper")
+    lease = backend.acquire("job:renewed", 5.0)
+    assert lease is not None
+    context = RunContext(
+        job="renewed", fire_time=TESTER_START, attempt=1, fencing_token=lease.token, instance_id="keeper"
+    )
+    attempt = keeper.add(lease, context, heartbeat_s=0.01, max_run_time_s=None)
+    attempt.next_renew = 0.0
+    ticker = threading.Thread(target=keeper.tick)
+    ticker.start()
+    assert backend.renewing.wait(POLL_DEADLINE_S)
+
+    removed: list[Any] = []
+    remover = threading.Thread(target=lambda: removed.append(keeper.remove(attempt)))
+    remover.start()
+    remover.join(0.2)
+    assert remover.is_alive(), "remove returned while a renewal was in flight"
+    backend.proceed.set()
+    remover.join(POLL_DEADLINE_S)
+    ticker.join(POLL_DEADLINE_S)
+
+    assert removed and removed[0].valid_until > lease.valid_until
+    keeper._renew(attempt)
+    assert backend.renewals == 1
 
 
 # -- Pause and resume --------------------------------------------------------------------
