@@ -88,6 +88,14 @@ def _lease_expiry_lower_bound(observer: Backend, first: dict[str, Any], ttl_s: f
     return asked_at + info.ttl_remaining_s
 
 
+def _held_until(journal: Journal, first: dict[str, Any]) -> float:
+    """Return the monotonic time until which the holder of ``first`` counted its lease valid."""
+    match = {"instance": first["instance"], "token": first["token"]}
+    events = [*journal.of("acquired", **match), *journal.of("renewed", **match)]
+    assert events, f"the journal shows no acquisition of token {first['token']} by {first['instance']}"
+    return max(event["valid_until"] for event in events)
+
+
 def _check_ticks(scenario: Scenario, start: float, end: float, timing: SchedulerTiming) -> Journal:
     keys = run_window(scenario, TICKS, start, end, timing)
     scenario.stop_all()
@@ -156,7 +164,8 @@ def test_paused_holder_loses_lease(scenario: Scenario, observer: Backend, schedu
     )
     record = _completion_elsewhere(scenario, first, PAUSED_BATCH_WORK_S + CLOSE_MARGIN_S)
 
-    assert resumed_at - paused_at > scheduler_timing.lease_ttl_s
+    assert resumed_at > paused_at
+    assert resumed_at > _held_until(scenario.journal(), first), "the holder was resumed before its lease ran out"
     assert successor["token"] > first["token"]
     assert record["token"] == successor["token"]
     notice_s = lost["mono"] - resumed_at
