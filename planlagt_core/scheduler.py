@@ -425,17 +425,18 @@ class Scheduler:
         while not self._stop_event.is_set():
             # Cleared before the work, so a wake-up that arrives during it is not lost.
             self._wake.clear()
+            pending_wait_s = self.heartbeat_s
             try:
                 if self.clock.monotonic() >= next_beat:
                     self._beat()
                     next_beat = self.clock.monotonic() + self.heartbeat_s
                 next_renewal = self._keeper.tick()
-                self._dispatch_pending()
+                pending_wait_s = self._dispatch_pending()
             except Exception:
                 LOG.exception("Heartbeat of instance %s failed unexpectedly; trying again", self.instance_id)
                 next_beat = self.clock.monotonic() + self.heartbeat_s
             wait_s = min(next_beat, next_renewal) - self.clock.monotonic()
-            wait_s = min(wait_s, self._next_pending_s())
+            wait_s = min(wait_s, pending_wait_s)
             if self._stop_event.is_set():
                 break
             self.clock.wait(self._wake, max(wait_s, 0.01))
@@ -547,17 +548,28 @@ class Scheduler:
         if follow_up is not None or self._pending:
             self._wake.set()
 
-    def _dispatch_pending(self) -> None:
+    def _dispatch_pending(self) -> float:
+        """Submit the queued fire times that can run now; return the seconds until the next one can.
+
+        Returns infinity while nothing is queued, the scheduler stops, or the view is stale
+        (the next heartbeat settles ownership first).
+        """
         if not self._pending or self._stop_event.is_set() or not self._view_is_fresh():
-            return
+            return float("inf")
+        now = self.clock.time()
         with self._lock:
-            ready, _next_ready = self._ready_pending(self.clock.time())
+            ready, next_ready = self._ready_pending(now)
+
+        dropped = False
         for pending in ready.values():
             if pending.manual or self._owns(pending.job):
                 self._submit(pending)
             else:
                 with self._lock:
                     self._pending.pop(pending.key, None)
+                dropped = True
+        # A dropped entry may leave a later one of its job ready at once.
+        return 0.0 if dropped else next_ready - now
 
     def _ready_pending(self, now: float) -> tuple[dict[str, PendingFire], float]:
         """Return the queued entry to run now per job, and the wall time the next one becomes ready.
@@ -581,16 +593,6 @@ class Scheduler:
             if pending.check_first:
                 blocked.add(name)
         return ready, next_ready
-
-    def _next_pending_s(self) -> float:
-        now = self.clock.time()
-        with self._lock:
-            if not self._pending:
-                return self.heartbeat_s
-            ready, next_ready = self._ready_pending(now)
-        if ready and self._view_is_fresh() and not self._stop_event.is_set():
-            return 0.0
-        return next_ready - now
 
     def _catch_up(self, gained: frozenset[str]) -> None:
         """Queue the recent fire times of jobs this instance just took over, to finish what is open.

@@ -60,7 +60,7 @@ CONTRACT_SKIPS = frozenset(
 )
 """Each declared feature skips the one contract case that checks an undeclared feature."""
 
-# NOTE: the scheduler cases time real processes against lease TTLs of about a second; on a
+# NOTE: the scheduler cases time real processes against lease TTLs of about a second, so on a
 # loaded 2-core CI machine one case in many misses a bound by a fraction of a second. A failed
 # run of the whole suite is repeated once, and fails the test if it fails again.
 SCHEDULER_SUITE_RERUN = pytest.mark.flaky(reruns=1)
